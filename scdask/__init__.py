@@ -1,0 +1,9 @@
+"""scdask: single-cell matrices larger than memory, as chunked sparse Zarr opened with Dask and xarray."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from scdask.convert import convert  # noqa: E402
+
+__all__ = ["__version__", "convert"]

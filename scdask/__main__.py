@@ -1,0 +1,3 @@
+from scdask.cli import main
+
+main()

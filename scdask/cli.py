@@ -1,0 +1,181 @@
+"""The ``scdask`` command line: thin wrappers over the public API, in pipeline order."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from scdask.format import FormatError
+
+overwrite = click.option("--overwrite", is_flag=True, help="Replace the destination if it exists.")
+row_group_size = click.option(
+    "--row-group-size", type=int, default=None, help="Cells per row group (at most 65536)."
+)
+chunk_size = click.option("--chunk-size", type=int, default=None, help="Non-zeros per Zarr chunk.")
+workers = click.option(
+    "-w", "--workers", type=int, default=None,
+    help="Local worker processes (default: CPUs, capped by --memory-budget); 0 = in-process.",
+)
+memory_budget = click.option(
+    "--memory-budget", default="2GB", show_default=True, help="Memory all workers may use together."
+)
+progress = click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
+scheduler = click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Run on the Dask scheduler at this address instead of local processes.",
+)
+
+
+def _fail(e: BaseException) -> None:
+    click.echo(f"scdask: error: {e}", err=True)
+    sys.exit(1)
+
+
+def _kwargs(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@click.group()
+@click.version_option(package_name="scdask")
+def main() -> None:
+    """scdask: single-cell matrices larger than memory."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--cells", "n_cells", type=int, default=20000, show_default=True)
+@click.option("--genes", "n_genes", type=int, default=62710, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
+def synth(out: str, n_cells: int, n_genes: int, seed: int, compression: str) -> None:
+    """Write a synthetic Tahoe-like plate to OUT (.h5ad)."""
+    from scdask.datasets import synth as _synth
+
+    _synth(out, n_cells, n_genes=n_genes, seed=seed, compression=None if compression == "none" else compression)
+    click.echo(out)
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst")
+@row_group_size
+@chunk_size
+@workers
+@memory_budget
+@scheduler
+@overwrite
+@progress
+def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
+            workers: int | None, memory_budget: str, scheduler: str | None, overwrite: bool,
+            progress: bool | None) -> None:
+    """Convert SRC (.h5ad) into the scdask store DST; rerun to resume an interrupted one."""
+    import scdask
+
+    try:
+        executor = None
+        if scheduler:
+            from distributed import Client
+
+            executor = Client(scheduler)
+        scdask.convert(src, dst, workers=workers, executor=executor, memory_budget=memory_budget,
+                       overwrite=overwrite, progress=progress,
+                       **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
+    except (FormatError, FileExistsError, FileNotFoundError, MemoryError, OSError) as e:
+        _fail(e)
+    click.echo(dst)
+
+
+@main.command("convert-init")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst")
+@row_group_size
+@chunk_size
+@overwrite
+def convert_init(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
+                 overwrite: bool) -> None:
+    """Plan a conversion and print the number of partitions (for an HPC job array)."""
+    from scdask.convert import convert_init as _init
+
+    try:
+        plan = _init(src, dst, overwrite=overwrite,
+                     **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
+    except (FormatError, FileExistsError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    click.echo(plan.n_groups)
+
+
+@main.command("convert-partition")
+@click.argument("dst")
+@click.argument("partitions", type=int, nargs=-1, required=True)
+def convert_partition(dst: str, partitions: tuple[int, ...]) -> None:
+    """Convert the given PARTITIONS of an initialised conversion."""
+    from scdask.convert import convert_partition as _part
+
+    try:
+        for p in partitions:
+            _part(dst, p)
+    except (FormatError, IndexError, OSError) as e:
+        _fail(e)
+
+
+@main.command("convert-finalise")
+@click.argument("dst")
+def convert_finalise(dst: str) -> None:
+    """Check every partition is converted and mark the store complete."""
+    from scdask.convert import convert_finalise as _fin
+
+    try:
+        _fin(dst)
+    except (FormatError, RuntimeError, OSError) as e:
+        _fail(e)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--against", type=click.Path(exists=True, dir_okay=False), help="The source .h5ad.")
+def verify(store: str, against: str | None) -> None:
+    """Check STORE's integrity, and every value against the source with --against."""
+    from scdask.verify import verify as _verify
+
+    try:
+        report = _verify(store, against)
+    except (FormatError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    click.echo(str(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(store: str, as_json: bool) -> None:
+    """Shape, non-zeros, dtype, layout, size on disk and obs/var columns of STORE."""
+    from dask.utils import format_bytes
+
+    from scdask.verify import info as _info
+
+    try:
+        d = _info(store)
+    except (FormatError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{d['store']}  (scdask format {d['format_version']}, {d['created_by']})")
+    click.echo(f"  {d['shape'][0]:,} cells × {d['shape'][1]:,} genes, "
+               f"{d['n_row_groups']} row groups of {d['row_group_size']:,} cells, "
+               f"{format_bytes(d['size_bytes'])} on disk")
+    for name, m in d["matrices"].items():
+        click.echo(f"  {name}: {m['dtype']}, {m['nnz']:,} non-zeros, {m['layout']}, "
+                   f"chunks of {m['chunk_size']:,}")
+    click.echo(f"  obs: {', '.join(d['obs_columns']) or '-'}")
+    click.echo(f"  var: {', '.join(d['var_columns']) or '-'}")
+    if d["obsm"] or d["varm"]:
+        click.echo(f"  obsm: {', '.join(d['obsm']) or '-'}; varm: {', '.join(d['varm']) or '-'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,497 @@
+"""H5AD → scdask store, in three resumable steps.
+
+``convert_init`` reads shapes, writes the :class:`~scdask.format.Plan`, the empty
+arrays and the metadata; ``convert_partition(i)`` converts row group ``i`` of every
+matrix, independently of every other partition; ``convert_finalise`` checks that
+all partitions are there, combines the per-gene statistics and only then marks
+the store complete. :func:`convert` chains the three on any executor.
+
+Until ``convert_finalise`` has written the root ``scdask`` attribute, a store
+does not open: an interrupted conversion never looks complete, and rerunning the
+same conversion resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import zarr
+from dask.utils import format_bytes, parse_bytes
+from zarr.codecs import BloscCodec
+
+from scdask import __version__, blocks
+from scdask.format import (
+    COLPTR,
+    COLPTR_DTYPE,
+    DATA,
+    FORMAT_VERSION,
+    INDEX_DTYPE,
+    INDICES,
+    MATRIX_ENCODING,
+    OBS_FILE,
+    ROOT_ATTR,
+    STATS,
+    VAR_FILE,
+    WIP_ATTR,
+    WIP_DIR,
+    Codecs,
+    FormatError,
+    MatrixPlan,
+    Plan,
+    cell_stat_array,
+    gene_stat_array,
+    parse_chunk_size,
+    parse_row_group_size,
+)
+from scdask.h5ad import H5ADSource
+from scdask.metadata import warn_dropped, write_table, write_uns
+from scdask.storage import Location
+
+DEFAULT_ROW_GROUP_SIZE = 16384
+DEFAULT_CHUNK_SIZE = 1 << 18
+DEFAULT_MEMORY_BUDGET = "2GB"
+# colptr is re-chunked at finalise to this many row groups × genes per chunk.
+COLPTR_CHUNKS = (64, 1024)
+# Resident memory of a worker process before it reads anything (Python, numpy, zarr, h5py).
+_WORKER_BASE_BYTES = 200 << 20
+
+_INIT_DONE = f"{WIP_DIR}/init.done"
+
+
+def _marker(partition: int) -> str:
+    return f"{WIP_DIR}/done/p{partition}.json"
+
+
+def _compressor(codecs: Codecs, shuffle: str) -> BloscCodec:
+    return BloscCodec(cname=codecs.cname, clevel=codecs.clevel, shuffle=shuffle)
+
+
+def _delta(dtype: str) -> list[Any]:
+    from zarr.codecs.numcodecs import Delta
+
+    return [Delta(dtype=dtype)]
+
+
+def store_state(loc: Location) -> str:
+    """``missing``, ``empty``, ``complete``, ``wip`` (a conversion in progress) or ``other``."""
+    if not loc.exists():
+        return "missing"
+    if not loc.listdir():
+        return "empty"
+    if not loc.exists("zarr.json"):
+        return "other"
+    try:
+        attrs = loc.open_group("r").attrs.asdict()
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
+        return "other"
+    if ROOT_ATTR in attrs:
+        return "complete"
+    if WIP_ATTR in attrs:
+        return "wip"
+    return "other"
+
+
+def make_plan(
+    source: H5ADSource,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codecs: Codecs | None = None,
+) -> Plan:
+    """The conversion plan for ``source`` with these settings."""
+    st = os.stat(source.path)
+    matrices = tuple(
+        MatrixPlan(
+            name=m.name,
+            n_obs=m.n_obs,
+            n_vars=m.n_vars,
+            dtype=m.dtype.str,
+            source_format=m.format,
+            var=VAR_FILE if m.var == "var" else "raw/" + VAR_FILE,
+        )
+        for m in source.matrices()
+    )
+    plan = Plan(
+        source=os.path.abspath(source.path),
+        n_obs=source.n_obs,
+        n_vars=source.n_vars,
+        row_group_size=parse_row_group_size(row_group_size),
+        chunk_size=parse_chunk_size(chunk_size),
+        matrices=matrices,
+        codecs=codecs or Codecs(),
+        source_size=st.st_size,
+        source_mtime=st.st_mtime,
+    )
+    plan.validate()
+    return plan
+
+
+def convert_init(
+    source: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codecs: Codecs | None = None,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> Plan:
+    """Start (or resume) a conversion: write the plan, empty arrays and metadata.
+
+    Parameters
+    ----------
+    source
+        Path of the H5AD file.
+    dst
+        Path or fsspec URL of the store to create.
+    row_group_size
+        Cells per row group (the unit of parallelism and of cell-wise reads), at most 65,536.
+    chunk_size
+        Non-zeros per Zarr chunk of ``data``/``indices``.
+    codecs
+        Compression settings.
+    overwrite
+        Replace ``dst`` if it holds anything.
+    storage_options
+        fsspec options for ``dst``.
+
+    Returns
+    -------
+    Plan
+        The plan now recorded in the store; when an interrupted conversion with the
+        same plan is found, it is returned unchanged so the caller can resume.
+    """
+    src = H5ADSource(source)
+    plan = make_plan(src, row_group_size, chunk_size, codecs)
+    loc = Location(os.fspath(dst), storage_options)
+    state = store_state(loc)
+    if state not in ("missing", "empty"):
+        if overwrite:
+            loc.remove()
+        elif state == "complete":
+            raise FileExistsError(
+                f"{loc}: already holds a complete scdask store; pass overwrite=True "
+                "(--overwrite) to replace it"
+            )
+        elif state == "wip":
+            if loc.open_group("r").attrs[WIP_ATTR] != plan.to_dict():
+                raise FileExistsError(
+                    f"{loc}: holds an interrupted conversion of another source or with other "
+                    "settings; pass overwrite=True (--overwrite) to start again"
+                )
+            if loc.exists(_INIT_DONE):
+                return plan  # resume: the partitions without a marker are still to do
+            loc.remove()  # init itself was interrupted: start again
+        else:
+            raise FileExistsError(
+                f"{loc}: exists and is not a scdask store; choose another destination or pass "
+                "overwrite=True (--overwrite)"
+            )
+    root = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3)
+    root.attrs.put({WIP_ATTR: plan.to_dict()})
+    for m in plan.matrices:
+        _create_matrix(root, plan, m)
+    dropped = _write_metadata(src, loc, root, plan)
+    with loc.open(_INIT_DONE, "wb") as f:
+        f.write(b"ok")
+    warn_dropped(plan.source, dropped)
+    src.close()
+    return plan
+
+
+def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
+    g = root.require_group(m.name)
+    G, cap = plan.n_groups, plan.capacity(m)
+    c = plan.codecs
+    chunk = min(plan.chunk_size, cap)
+    itemsize = np.dtype(m.dtype).itemsize
+    g.create_array(
+        DATA, shape=(G, cap), chunks=(1, chunk), dtype=m.dtype, fill_value=0,
+        compressors=[_compressor(c, "shuffle" if itemsize > 1 else "noshuffle")],
+    )
+    g.create_array(
+        INDICES, shape=(G, cap), chunks=(1, chunk), dtype=INDEX_DTYPE, fill_value=0,
+        filters=_delta(INDEX_DTYPE) if c.delta_indices else None,
+        compressors=[_compressor(c, "bitshuffle")],
+    )
+    for stat in STATS:
+        g.create_array(
+            cell_stat_array(stat), shape=(plan.n_obs,), chunks=(plan.row_group_size,),
+            dtype="int64" if stat == "nnz" else "float64", fill_value=0,
+            compressors=[_compressor(c, "shuffle")],
+        )
+    wip = root.require_group(f"{WIP_DIR}/{m.name}")
+    wip.create_array(
+        COLPTR, shape=(G, m.n_vars + 1), chunks=(1, m.n_vars + 1), dtype=COLPTR_DTYPE,
+        fill_value=0, filters=_delta(COLPTR_DTYPE), compressors=[_compressor(c, "bitshuffle")],
+    )
+    wip.create_array(
+        "gene_partial", shape=(G, 4, max(m.n_vars, 1)), chunks=(1, 4, max(m.n_vars, 1)),
+        dtype="float64", fill_value=0, compressors=[_compressor(c, "shuffle")],
+    )
+
+
+def _write_metadata(src: H5ADSource, loc: Location, root: zarr.Group, plan: Plan) -> list[str]:
+    R = plan.row_group_size
+    write_table(loc, OBS_FILE, src.frame("obs"), R)
+    write_table(loc, VAR_FILE, src.frame("var"), 1 << 16)
+    if any(m.name == "raw/X" for m in plan.matrices):
+        write_table(loc, "raw/" + VAR_FILE, src.frame("raw/var"), 1 << 16)
+    for key, arr in src.obsm_varm().items():
+        axis = key.split("/", 1)[0]
+        chunks = (R, *arr.shape[1:]) if axis == "obsm" else arr.shape
+        z = root.create_array(
+            key, shape=arr.shape, chunks=tuple(max(1, c) for c in chunks), dtype=arr.dtype,
+            compressors=[_compressor(plan.codecs, "shuffle")],
+        )
+        step = R if axis == "obsm" else max(1, arr.shape[0])
+        for a in range(0, arr.shape[0], step):
+            z[a : a + step] = arr[a : a + step]
+    dropped = src.dropped()
+    dropped += write_uns(loc, src.uns())
+    return dropped
+
+
+def convert_partition(
+    dst: str | os.PathLike[str], partition: int, storage_options: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Convert row group ``partition`` of every matrix; return its non-zeros per matrix.
+
+    Safe to rerun: a partition owns its chunks, and its marker is written last.
+    """
+    loc = Location(os.fspath(dst), storage_options)
+    root = loc.open_group("r+")
+    plan = Plan.from_dict(root.attrs[WIP_ATTR])
+    if not 0 <= partition < plan.n_groups:
+        raise IndexError(f"{loc}: partition {partition} is outside 0..{plan.n_groups - 1}")
+    _check_source(plan)
+    src = H5ADSource(plan.source)
+    start, stop = plan.group_rows(partition)
+    nnz: dict[str, int] = {}
+    for m in plan.matrices:
+        try:
+            group = blocks.csr_to_group(src.read_rows(m.name, start, stop))
+        except FormatError as e:
+            raise FormatError(f"{plan.source}: {m.name}: rows {start}:{stop}: {e}") from None
+        mg = root[m.name]
+        if group.nnz:
+            mg[DATA][partition, : group.nnz] = group.data
+            mg[INDICES][partition, : group.nnz] = group.indices
+        wip = root[f"{WIP_DIR}/{m.name}"]
+        wip[COLPTR][partition, :] = group.colptr
+        cells = blocks.finish_stats(*blocks.cell_stats(group), m.n_vars)
+        for stat in STATS:
+            mg[cell_stat_array(stat)][start:stop] = cells[stat]
+        if m.n_vars:
+            wip["gene_partial"][partition] = blocks.gene_stats(group)[1].T
+        nnz[m.name] = group.nnz
+    src.close()
+    with loc.open(_marker(partition), "wb") as f:
+        f.write(json.dumps({"nnz": nnz}).encode())
+    return nnz
+
+
+def _check_source(plan: Plan) -> None:
+    try:
+        st = os.stat(plan.source)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{plan.source}: the conversion source is gone") from None
+    if st.st_size != plan.source_size or st.st_mtime != plan.source_mtime:
+        raise FormatError(
+            f"{plan.source}: changed since the conversion started; rerun with --overwrite"
+        )
+
+
+def convert_finalise(
+    dst: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+) -> None:
+    """Check every partition is done, write per-gene statistics, mark the store complete."""
+    loc = Location(os.fspath(dst), storage_options)
+    root = loc.open_group("r+")
+    if ROOT_ATTR in root.attrs:
+        return
+    plan = Plan.from_dict(root.attrs[WIP_ATTR])
+    missing = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise RuntimeError(
+            f"{loc}: {len(missing)} of {plan.n_groups} partitions are not converted ({shown}); "
+            "run convert_partition for them, or rerun the same convert to resume"
+        )
+    matrices = {}
+    for m in plan.matrices:
+        matrices[m.name] = _finalise_matrix(root, plan, m)
+    obsm = sorted(root["obsm"].array_keys()) if "obsm" in root else []
+    varm = sorted(root["varm"].array_keys()) if "varm" in root else []
+    root.attrs.put(
+        {
+            ROOT_ATTR: {
+                "format_version": FORMAT_VERSION,
+                "n_obs": plan.n_obs,
+                "n_vars": plan.n_vars,
+                "matrices": matrices,
+                "obsm": obsm,
+                "varm": varm,
+                "row_group_size": plan.row_group_size,
+                "source": os.path.basename(plan.source),
+                "created_by": f"scdask {__version__}",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "uuid": uuid.uuid4().hex,
+            }
+        }
+    )
+    # The store is complete from the line above; leftovers below are only clutter.
+    del root[WIP_DIR]
+    loc.remove(WIP_DIR)
+
+
+def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, Any]:
+    mg = root[m.name]
+    wip = root[f"{WIP_DIR}/{m.name}"]
+    G = plan.n_groups
+    rows = COLPTR_CHUNKS[0]
+    colptr = mg.create_array(
+        COLPTR, shape=(G, m.n_vars + 1),
+        chunks=(max(1, min(G, rows)), min(m.n_vars + 1, COLPTR_CHUNKS[1])),
+        dtype=COLPTR_DTYPE, fill_value=0, filters=_delta(COLPTR_DTYPE),
+        compressors=[_compressor(plan.codecs, "bitshuffle")],
+    )
+    acc = blocks.empty_stats(m.n_vars)
+    total = 0
+    for a in range(0, G, rows):
+        b = min(G, a + rows)
+        cp = wip[COLPTR][a:b]
+        colptr[a:b] = cp
+        partial = wip["gene_partial"][a:b]
+        for i in range(b - a):
+            nnz = np.diff(cp[i])
+            f = partial[i][:, : m.n_vars].T if m.n_vars else np.zeros((0, 4))
+            acc = blocks.merge_stats(acc, (nnz, f))
+            total += int(cp[i, -1])
+    genes = blocks.finish_stats(*acc, plan.n_obs)
+    for stat in STATS:
+        mg.create_array(
+            gene_stat_array(stat), data=np.ascontiguousarray(genes[stat]),
+            compressors=[_compressor(plan.codecs, "shuffle")],
+        )
+    info = {
+        "encoding": MATRIX_ENCODING,
+        "shape": [m.n_obs, m.n_vars],
+        "dtype": m.dtype,
+        "nnz": total,
+        "row_group_size": plan.row_group_size,
+        "n_groups": G,
+        "chunk_size": plan.chunk_size,
+        "var": m.var,
+        "source_format": m.source_format,
+    }
+    mg.attrs.put({"scdask_matrix": info})
+    return info
+
+
+def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
+    """Peak memory of one partition: the largest row group of any matrix, read and transposed."""
+    boundaries = np.array([plan.group_rows(g)[0] for g in range(plan.n_groups)] + [plan.n_obs])
+    worst = 0
+    for m in plan.matrices:
+        info = next(i for i in source.matrices() if i.name == m.name)
+        per_group = source.row_group_nnz(m.name, boundaries)
+        if per_group is None or len(per_group) == 0:
+            nnz = plan.row_group_size * m.n_vars if info.format == "dense" else 0
+            if info.format == "csc":
+                nnz = int(source.file[m.name]["indptr"][-1]) * min(1.0, plan.row_group_size / max(1, m.n_obs))
+        else:
+            nnz = int(per_group.max())
+        value = info.dtype.itemsize
+        # read (indices int64 worst case + values) + transposed (uint16 + values) + encode buffers
+        worst = max(worst, int(nnz * (8 + value + 2 + value) * 1.25))
+    return worst + _WORKER_BASE_BYTES
+
+
+def convert(
+    source: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    codecs: Codecs | None = None,
+    workers: int | None = None,
+    executor: Any = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Convert an H5AD file into a scdask store.
+
+    Parameters
+    ----------
+    source
+        Path of the ``.h5ad`` file.
+    dst
+        Path or fsspec URL of the store to write.
+    row_group_size
+        Cells per row group, at most 65,536.
+    chunk_size
+        Non-zeros per Zarr chunk.
+    codecs
+        Compression settings (:class:`scdask.format.Codecs`).
+    workers
+        Local worker processes (default: the CPUs, capped by ``memory_budget``);
+        0 converts in this process.
+    executor
+        Run partitions on this ``concurrent.futures.Executor`` or
+        ``distributed.Client`` instead of a local pool.
+    memory_budget
+        Memory the local workers may use together, e.g. ``"2GB"``.
+    overwrite
+        Replace ``dst`` if it exists.
+    progress
+        Show a progress bar (default: on a terminal).
+    storage_options
+        fsspec options for ``dst``.
+
+    Returns
+    -------
+    str
+        ``dst``.
+
+    Examples
+    --------
+    >>> import scdask
+    >>> scdask.convert("plate7.h5ad", "plate7.zarr")  # doctest: +SKIP
+    """
+    from scdask import parallel
+
+    plan = convert_init(
+        source, dst, row_group_size=row_group_size, chunk_size=chunk_size, codecs=codecs,
+        overwrite=overwrite, storage_options=storage_options,
+    )
+    loc = Location(os.fspath(dst), storage_options)
+    todo = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
+    if executor is None:
+        budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+        per = estimate_partition_bytes(H5ADSource(plan.source), plan)
+        cap = max(1, budget // per)
+        requested = parallel.default_workers() if workers is None else workers
+        if requested > cap:
+            workers = cap
+        if per > budget:
+            import warnings
+
+            warnings.warn(
+                f"one partition needs about {format_bytes(per)}, more than memory_budget "
+                f"{format_bytes(budget)}; using 1 worker. Lower row_group_size to fit.",
+                stacklevel=2,
+            )
+        else:
+            workers = min(requested, cap)
+    args = [(os.fspath(dst), i, storage_options) for i in todo]
+    parallel.run(convert_partition, args, workers=workers, executor=executor, progress=progress,
+                 desc="convert")
+    convert_finalise(dst, storage_options)
+    return os.fspath(dst)

@@ -1,0 +1,137 @@
+"""obs/var as Parquet, uns as JSON: writing and reading the metadata of a store."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scdask.format import FORMAT_VERSION, INDEX_COLUMN
+from scdask.sources import frame_to_dataframe
+
+if TYPE_CHECKING:
+    from scdask.storage import Location
+
+
+def write_table(loc: Location, relpath: str, table: pa.Table, row_group_size: int) -> None:
+    """Write ``table`` as Parquet at ``relpath``, in row groups matching the matrix."""
+    meta = dict(table.schema.metadata or {})
+    meta[b"scdask_format_version"] = str(FORMAT_VERSION).encode()
+    table = table.replace_schema_metadata(meta)
+    with loc.open(relpath, "wb") as f:
+        pq.write_table(
+            table,
+            f,
+            row_group_size=max(1, row_group_size),
+            compression="zstd",
+            write_statistics=True,
+        )
+
+
+def read_table(loc: Location, relpath: str, columns: list[str] | None = None) -> pa.Table:
+    """Read (some columns of) a Parquet table of the store."""
+    with loc.open(relpath, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def read_frame(loc: Location, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet table of the store as the pandas frame AnnData had."""
+    if columns is not None:
+        columns = [INDEX_COLUMN, *[c for c in columns if c != INDEX_COLUMN]]
+    return frame_to_dataframe(read_table(loc, relpath, columns))
+
+
+def frame_schema(loc: Location, relpath: str) -> pa.Schema:
+    """The schema of a Parquet table without reading its rows."""
+    with loc.open(relpath, "rb") as f:
+        return pq.read_schema(f)
+
+
+# -- uns ---------------------------------------------------------------------------
+_ND = "__ndarray__"
+
+
+def uns_to_json(uns: dict[str, Any], prefix: str = "uns") -> tuple[Any, list[str]]:
+    """Convert ``uns`` to JSON-able values; return it and the keys that could not be kept."""
+    dropped: list[str] = []
+
+    def conv(value: Any, where: str) -> Any:
+        if isinstance(value, dict) or hasattr(value, "items") and not isinstance(value, pd.DataFrame):
+            out = {}
+            for k, v in value.items():
+                c = conv(v, f"{where}/{k}")
+                if c is not _DROP:
+                    out[str(k)] = c
+            return out
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "biufUSO":
+                try:
+                    lst = value.astype(str).tolist() if value.dtype.kind in "SO" else value.tolist()
+                    json.dumps(lst)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    return {_ND: lst, "dtype": value.dtype.str if value.dtype.kind not in "SO" else "object", "shape": list(value.shape)}
+        elif isinstance(value, np.generic):
+            return value.item()
+        elif isinstance(value, str | int | float | bool) or value is None:
+            return value
+        elif isinstance(value, list | tuple):
+            items = [conv(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            if all(i is not _DROP for i in items):
+                return items
+        dropped.append(f"{where} ({type(value).__name__})")
+        return _DROP
+
+    out = conv(uns, prefix)
+    return out, dropped
+
+
+_DROP = object()
+
+
+def uns_from_json(value: Any) -> Any:
+    """Inverse of :func:`uns_to_json`."""
+    if isinstance(value, dict):
+        if _ND in value:
+            dtype = value["dtype"]
+            arr = np.array(value[_ND], dtype=object if dtype == "object" else dtype)
+            return arr.reshape(value["shape"])
+        return {k: uns_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [uns_from_json(v) for v in value]
+    return value
+
+
+def write_uns(loc: Location, uns: dict[str, Any]) -> list[str]:
+    """Write ``uns.json``; return what could not be kept."""
+    from scdask.format import UNS_FILE
+
+    value, dropped = uns_to_json(uns)
+    with loc.open(UNS_FILE, "wb") as f:
+        f.write(json.dumps({"format_version": FORMAT_VERSION, "uns": value}).encode())
+    return dropped
+
+
+def read_uns(loc: Location) -> dict[str, Any]:
+    from scdask.format import UNS_FILE
+
+    if not loc.exists(UNS_FILE):
+        return {}
+    with loc.open(UNS_FILE, "rb") as f:
+        return uns_from_json(json.loads(f.read())["uns"])
+
+
+def warn_dropped(source: str, dropped: list[str]) -> None:
+    """Name, in one warning, every element of ``source`` that the store does not keep."""
+    if dropped:
+        warnings.warn(
+            f"{source}: not kept in the scdask store: " + "; ".join(dropped),
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,123 @@
+"""Run independent partitions on any ``concurrent.futures`` executor, with progress.
+
+One code path serves a laptop (a local process pool), a debugger (in-process)
+and a cluster (a ``distributed.Client``'s executor, which also covers
+dask-jobqueue): partitions are plain functions of picklable arguments.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class SynchronousExecutor(cf.Executor):
+    """Runs each submitted call at once in this process (``workers=0``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(e)
+        return future
+
+
+def as_executor(executor: Any) -> cf.Executor:
+    """Accept an Executor, or a ``distributed.Client`` (turned into its executor)."""
+    if isinstance(executor, cf.Executor):
+        return executor
+    if hasattr(executor, "get_executor"):
+        return executor.get_executor()
+    raise TypeError(
+        f"executor must be a concurrent.futures.Executor or a distributed.Client, got {type(executor)}"
+    )
+
+
+def default_workers() -> int:
+    """Worker processes to use when none are asked for: the usable CPUs."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def run(
+    fn: Callable[..., Any],
+    args: Sequence[tuple[Any, ...]],
+    *,
+    workers: int | None = None,
+    executor: Any = None,
+    progress: bool | None = None,
+    desc: str = "partitions",
+) -> list[Any]:
+    """Call ``fn(*a)`` for every ``a`` in ``args``; return the results in order.
+
+    Parameters
+    ----------
+    fn
+        A module-level function (it is pickled to the workers).
+    args
+        One argument tuple per call.
+    workers
+        Local worker processes when no ``executor`` is given; 0 runs in-process.
+    executor
+        A ``concurrent.futures.Executor`` or ``distributed.Client`` to run on instead.
+    progress
+        Show a progress bar; by default only on a terminal.
+    desc
+        Label of the progress bar.
+    """
+    own = executor is None
+    if own:
+        workers = default_workers() if workers is None else workers
+        if workers == 0 or len(args) <= 1:
+            pool: cf.Executor = SynchronousExecutor()
+        else:
+            ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+            pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=ctx)
+    else:
+        pool = as_executor(executor)
+    results: list[Any] = [None] * len(args)
+    try:
+        futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+        with tqdm(total=len(futures), desc=desc, disable=_no_bar(progress), unit="part") as bar:
+            for future in _as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except cf.process.BrokenProcessPool as e:
+                    raise MemoryError(
+                        f"a worker process died while running {desc} {i}; most often it ran out "
+                        "of memory: use fewer workers, a smaller row_group_size, or a larger "
+                        "memory_budget"
+                    ) from e
+                bar.update(1)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _as_completed(futures: Iterable[Any]) -> Iterable[Any]:
+    futures = list(futures)
+    if futures and not isinstance(futures[0], cf.Future):  # distributed futures
+        from distributed import as_completed
+
+        return as_completed(futures)
+    return cf.as_completed(futures)
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    if progress is None:
+        return None  # tqdm: only when attached to a terminal
+    return not progress

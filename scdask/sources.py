@@ -1,0 +1,95 @@
+"""The :class:`Source` protocol: what the converter needs from an input file.
+
+A source knows the shape of each matrix, yields rows of a matrix as a
+:class:`CSRBlock`, and hands over the metadata frames. :mod:`scdask.h5ad`
+implements it for H5AD; a Loom or 10x reader would add one module and reuse the
+whole writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+
+@dataclasses.dataclass
+class CSRBlock:
+    """Rows ``[start, start + n_rows)`` of a matrix as CSR arrays.
+
+    ``indptr`` starts at 0. Column indices may be unsorted, and stored zeros and
+    duplicates may be present: the converter canonicalises.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixInfo:
+    """A matrix found in a source."""
+
+    name: str
+    n_obs: int
+    n_vars: int
+    dtype: np.dtype
+    format: str  # "csr", "csc" or "dense"
+    var: str  # "var" or "raw/var"
+
+
+class Source(Protocol):
+    """What :func:`scdask.convert` reads."""
+
+    path: str
+    n_obs: int
+    n_vars: int
+
+    def matrices(self) -> list[MatrixInfo]:
+        """Every cell × gene matrix, X first."""
+
+    def row_group_nnz(self, name: str, boundaries: np.ndarray) -> np.ndarray | None:
+        """Stored entries per row group, or None when it costs a scan to know."""
+
+    def read_rows(self, name: str, start: int, stop: int) -> CSRBlock:
+        """Rows ``[start, stop)`` of matrix ``name``."""
+
+    def frame(self, name: str) -> pa.Table:
+        """The ``obs``, ``var`` or ``raw/var`` table, index in column ``_index``."""
+
+    def obsm_varm(self) -> dict[str, Any]:
+        """Dense ``obsm/*`` and ``varm/*`` arrays (h5py datasets or numpy arrays)."""
+
+    def uns(self) -> dict[str, Any]:
+        """The ``uns`` mapping."""
+
+    def dropped(self) -> list[str]:
+        """Elements the source has that scdask does not keep."""
+
+    def close(self) -> None: ...
+
+
+def frame_to_dataframe(table: pa.Table) -> pd.DataFrame:
+    """Arrow table written by scdask back to pandas, index restored."""
+    from scdask.format import INDEX_COLUMN
+
+    df = table.to_pandas()
+    index = df.pop(INDEX_COLUMN)
+    df.index = index.astype(object) if index.dtype != object else index
+    name = (table.schema.metadata or {}).get(b"scdask_index_name")
+    df.index.name = name.decode() if name else None
+    return df

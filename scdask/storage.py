@@ -1,0 +1,80 @@
+"""Where a store lives: a local path or an fsspec URL, seen as Zarr store plus files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import IO, Any
+
+import fsspec
+import zarr
+import zarr.storage
+
+
+@dataclasses.dataclass
+class Location:
+    """A store root: a local folder or an fsspec URL (``s3://bucket/plate.zarr``).
+
+    Parameters
+    ----------
+    url
+        Local path or URL of the store root.
+    storage_options
+        Passed to fsspec for URLs (credentials, ``endpoint_url`` …).
+    """
+
+    url: str
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.url = os.fspath(self.url).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            self.root = os.path.abspath(self.root)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def path(self, relpath: str = "") -> str:
+        return f"{self.root}/{relpath}" if relpath else self.root
+
+    def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
+        """A Zarr store rooted here."""
+        if self.is_local:
+            return zarr.storage.LocalStore(self.root, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.url, storage_options=self.storage_options, read_only=read_only
+        )
+
+    def open_group(self, mode: str = "r") -> zarr.Group:
+        return zarr.open_group(self.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
+
+    def open(self, relpath: str, mode: str = "rb") -> IO[bytes]:
+        if "w" in mode and self.is_local:
+            os.makedirs(os.path.dirname(self.path(relpath)), exist_ok=True)
+        return self.fs.open(self.path(relpath), mode)
+
+    def exists(self, relpath: str = "") -> bool:
+        return bool(self.fs.exists(self.path(relpath)))
+
+    def remove(self, relpath: str = "") -> None:
+        """Delete ``relpath`` (a file or a folder) if it exists."""
+        p = self.path(relpath)
+        if self.fs.exists(p):
+            self.fs.rm(p, recursive=True)
+
+    def listdir(self, relpath: str = "") -> list[str]:
+        p = self.path(relpath)
+        if not self.fs.exists(p):
+            return []
+        return [os.path.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False)]
+
+    def size(self) -> int:
+        """Bytes stored under the root."""
+        return int(self.fs.du(self.root, total=True)) if self.exists() else 0
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)

@@ -1,0 +1,167 @@
+"""Reading a scdask store: checked metadata and row-group blocks of a matrix.
+
+This is the one place that knows how a matrix is laid out on disk for reading;
+the xarray backend, ``verify``, ``info``, export and the ML loader all read
+through :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from scdask.blocks import GroupBlock
+from scdask.format import (
+    COLPTR,
+    DATA,
+    INDICES,
+    OBS_FILE,
+    ROOT_ATTR,
+    VAR_FILE,
+    WIP_ATTR,
+    FormatError,
+    check_version,
+)
+from scdask.metadata import read_frame
+from scdask.storage import Location
+
+
+
+class IncompleteStoreError(FormatError):
+    """The store is a conversion that has not finished."""
+
+
+class Store:
+    """A complete scdask store, opened for reading.
+
+    Parameters
+    ----------
+    url
+        Path or fsspec URL of the store.
+    storage_options
+        fsspec options for ``url``.
+
+    Raises
+    ------
+    IncompleteStoreError
+        If the store is an unfinished conversion.
+    FormatVersionError
+        If the store has a newer format version than this scdask reads.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        self.loc = Location(os.fspath(url), storage_options)
+        self.url = self.loc.url
+        self.storage_options = storage_options
+        if not self.loc.exists("zarr.json"):
+            kind = "does not exist" if not self.loc.exists() else "is not a Zarr v3 store"
+            raise FileNotFoundError(f"{self.url}: {kind}") if kind == "does not exist" else FormatError(
+                f"{self.url}: {kind} (no zarr.json); it is not a scdask store"
+            )
+        try:
+            self.root = self.loc.open_group("r")
+            attrs = self.root.attrs.asdict()
+        except Exception as e:
+            raise FormatError(f"{self.url}: zarr.json cannot be read ({e})") from e
+        if ROOT_ATTR not in attrs:
+            if WIP_ATTR in attrs:
+                raise IncompleteStoreError(
+                    f"{self.url}: the conversion into this store has not finished; rerun "
+                    "`scdask convert` with the same arguments to resume it"
+                )
+            raise FormatError(f"{self.url}: not a scdask store (no '{ROOT_ATTR}' attribute)")
+        self.attrs: dict[str, Any] = attrs[ROOT_ATTR]
+        check_version(self.attrs.get("format_version"), self.url)
+        self.n_obs: int = int(self.attrs["n_obs"])
+        self.n_vars: int = int(self.attrs["n_vars"])
+        self.row_group_size: int = int(self.attrs["row_group_size"])
+        self.matrices: dict[str, dict[str, Any]] = self.attrs["matrices"]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Tasks on other processes reopen the store once per process (see open_store).
+        return (open_store, (self.url, _options_key(self.storage_options), self.attrs.get("uuid")))
+
+    def __repr__(self) -> str:
+        return f"<scdask.Store {self.url}: {self.n_obs} cells × {self.n_vars} genes>"
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.n_obs // self.row_group_size) if self.row_group_size else 0
+
+    def group_rows(self, group: int) -> tuple[int, int]:
+        start = group * self.row_group_size
+        return start, min(start + self.row_group_size, self.n_obs)
+
+    def matrix(self, name: str = "X") -> dict[str, Any]:
+        """The recorded metadata of matrix ``name``."""
+        try:
+            return self.matrices[name]
+        except KeyError:
+            raise KeyError(
+                f"{self.url}: no matrix {name!r}; it has {sorted(self.matrices)}"
+            ) from None
+
+    @functools.cache  # noqa: B019 - a Store lives as long as its arrays
+    def array(self, path: str) -> zarr.Array:
+        """A Zarr array of the store, e.g. ``X/data``."""
+        try:
+            return self.root[path]
+        except KeyError:
+            raise FormatError(f"{self.url}: array {path} is missing") from None
+
+    def colptr(self, name: str, groups: slice | np.ndarray, genes: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Offsets of each gene within each row group: ``colptr[groups, genes]``."""
+        arr = self.array(f"{name}/{COLPTR}")
+        return arr.get_orthogonal_selection((groups, genes))
+
+    def read_group(self, name: str, group: int, with_indices: bool = True) -> GroupBlock:
+        """Row group ``group`` of matrix ``name``, every gene."""
+        cp = np.asarray(self.array(f"{name}/{COLPTR}")[group], dtype=np.int64)
+        nnz = int(cp[-1])
+        data = self.array(f"{name}/{DATA}")[group, :nnz] if nnz else np.zeros(0, self.dtype(name))
+        if with_indices and nnz:
+            indices = self.array(f"{name}/{INDICES}")[group, :nnz]
+        else:
+            indices = np.zeros(0 if with_indices else nnz, np.uint16)
+        start, stop = self.group_rows(group)
+        return GroupBlock(cp, indices, data, stop - start)
+
+    def dtype(self, name: str = "X") -> np.dtype:
+        return np.dtype(self.matrix(name)["dtype"])
+
+    def stat(self, name: str, axis: str, stat: str) -> np.ndarray:
+        """A statistic stored at conversion: ``axis`` is ``cell`` or ``gene``."""
+        return self.array(f"{name}/{axis}_{stat}")[:]
+
+    def obs(self, columns: list[str] | None = None) -> pd.DataFrame:
+        return read_frame(self.loc, OBS_FILE, columns)
+
+    def var(self, name: str = "X") -> pd.DataFrame:
+        rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
+        return read_frame(self.loc, rel)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_store(url: str, options: str, uuid: str | None) -> Store:
+    store = Store(url, json.loads(options))
+    if uuid is not None and store.attrs.get("uuid") != uuid:
+        raise FormatError(
+            f"{url}: the store was replaced after it was opened (uuid {store.attrs.get('uuid')} "
+            f"instead of {uuid}); open it again"
+        )
+    return store
+
+
+def _options_key(options: dict[str, Any] | None) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def open_store(url: str, options: str = "null", uuid: str | None = None) -> Store:
+    """A :class:`Store` shared by the tasks of one process, checked to be the one opened."""
+    return _cached_store(os.fspath(url), options, uuid)

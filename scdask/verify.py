@@ -1,0 +1,158 @@
+"""``scdask verify`` and ``scdask info``: check a store, alone or against its source."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scdask import blocks
+from scdask.format import STATS
+from scdask.store import Store
+
+
+@dataclasses.dataclass
+class Report:
+    """What :func:`verify` checked and what it found wrong."""
+
+    checked: list[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        lines = [f"checked: {c}" for c in self.checked]
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        lines.append("OK" if self.ok else f"{len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=1e-9, atol=0, equal_nan=True))
+
+
+def verify(
+    store: str | os.PathLike[str] | Store,
+    against: str | os.PathLike[str] | None = None,
+    *,
+    max_problems: int = 20,
+) -> Report:
+    """Stream through a store checking its integrity, and optionally every value against the source.
+
+    Parameters
+    ----------
+    store
+        The store (path, URL or :class:`~scdask.store.Store`).
+    against
+        The H5AD file it was converted from: then shapes, every value of every
+        matrix and every obs/var column are compared exactly.
+    max_problems
+        Stop after this many problems.
+
+    Returns
+    -------
+    Report
+        ``report.ok`` is True when nothing was found wrong.
+    """
+    st = store if isinstance(store, Store) else Store(store)
+    report = Report()
+    src = None
+    if against is not None:
+        from scdask.h5ad import H5ADSource
+
+        src = H5ADSource(against)
+        names = {m.name for m in src.matrices()}
+        if names != set(st.matrices):
+            report.problems.append(f"matrices differ: source {sorted(names)}, store {sorted(st.matrices)}")
+        if (src.n_obs, src.n_vars) != (st.n_obs, st.n_vars):
+            report.problems.append(f"shape differs: source {src.n_obs}×{src.n_vars}, store {st.n_obs}×{st.n_vars}")
+    for name, info in st.matrices.items():
+        n_vars = info["shape"][1]
+        total = 0
+        acc = blocks.empty_stats(n_vars)
+        for g in range(st.n_groups):
+            if len(report.problems) >= max_problems:
+                return report
+            where = f"{st.url}: {name} row group {g}"
+            block = st.read_group(name, g)
+            cp = block.colptr
+            if cp[0] != 0 or np.any(np.diff(cp) < 0):
+                report.problems.append(f"{where}: colptr is not non-decreasing from 0")
+                continue
+            if block.nnz and block.indices.max(initial=0) >= block.n_rows:
+                report.problems.append(f"{where}: a cell index is >= the {block.n_rows} cells of the group")
+            total += block.nnz
+            acc = blocks.merge_stats(acc, blocks.gene_stats(block))
+            start, stop = st.group_rows(g)
+            cells = blocks.finish_stats(*blocks.cell_stats(block), n_vars)
+            for stat in STATS:
+                stored = st.array(f"{name}/cell_{stat}")[start:stop]
+                if not _close(stored, cells[stat]):
+                    report.problems.append(f"{where}: cell_{stat} disagrees with the values")
+            if src is not None and name in {m.name for m in src.matrices()}:
+                ref = blocks.csr_to_group(src.read_rows(name, start, stop))
+                for part in ("colptr", "indices", "data"):
+                    if not _same(getattr(ref, part), getattr(block, part)):
+                        report.problems.append(f"{where}: {part} differs from the source")
+        if total != info["nnz"]:
+            report.problems.append(f"{st.url}: {name}: {total} non-zeros stored, attrs say {info['nnz']}")
+        genes = blocks.finish_stats(*acc, st.n_obs)
+        for stat in STATS:
+            if not _close(st.stat(name, "gene", stat), genes[stat]):
+                report.problems.append(f"{st.url}: {name}: gene_{stat} disagrees with the values")
+        report.checked.append(f"{name}: {st.n_groups} row groups, {total} non-zeros"
+                              + (", every value against the source" if src is not None else ""))
+    if src is not None:
+        for key in ("obs", "var") + (("raw/var",) if "raw/X" in st.matrices else ()):
+            from scdask.sources import frame_to_dataframe
+
+            ours = st.obs() if key == "obs" else st.var("raw/X" if key == "raw/var" else "X")
+            theirs = frame_to_dataframe(src.frame(key))
+            try:
+                pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+                report.checked.append(f"{key}: {ours.shape[1]} columns × {len(ours)} rows equal")
+            except AssertionError as e:
+                report.problems.append(f"{key} differs from the source: {str(e).splitlines()[0]}")
+        src.close()
+    return report
+
+
+def info(store: str | os.PathLike[str] | Store) -> dict[str, Any]:
+    """Shape, non-zeros, dtype, layout, size on disk and the obs/var columns of a store."""
+    from scdask.format import OBS_FILE, VAR_FILE
+    from scdask.metadata import frame_schema
+
+    st = store if isinstance(store, Store) else Store(store)
+    obs = [f.name for f in frame_schema(st.loc, OBS_FILE) if f.name != "_index"]
+    var = [f.name for f in frame_schema(st.loc, VAR_FILE) if f.name != "_index"]
+    return {
+        "store": st.url,
+        "format_version": st.attrs["format_version"],
+        "shape": [st.n_obs, st.n_vars],
+        "row_group_size": st.row_group_size,
+        "n_row_groups": st.n_groups,
+        "matrices": {
+            k: {"shape": v["shape"], "dtype": str(np.dtype(v["dtype"])), "nnz": v["nnz"],
+                "layout": v["encoding"], "chunk_size": v["chunk_size"]}
+            for k, v in st.matrices.items()
+        },
+        "size_bytes": st.loc.size(),
+        "obs_columns": obs,
+        "var_columns": var,
+        "obsm": st.attrs.get("obsm", []),
+        "varm": st.attrs.get("varm", []),
+        "created_by": st.attrs.get("created_by"),
+    }
