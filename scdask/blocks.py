@@ -32,21 +32,28 @@ class GroupBlock:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_columns(indices, data, n_cols, counts):  # pragma: no cover - compiled
-    for k in range(indices.shape[0]):
-        j = indices[k]
-        if j < 0 or j >= n_cols:
-            return k
-        if data[k] != 0:
-            counts[j] += 1
-    return -1
+def _count_columns(indptr, indices, data, n_cols, counts):  # pragma: no cover - compiled
+    """Count non-zeros per column; return (first bad entry or -1, duplicate entries)."""
+    last = np.full(n_cols, -1, dtype=np.int64)
+    dups = 0
+    for r in range(indptr.shape[0] - 1):
+        for k in range(indptr[r], indptr[r + 1]):
+            j = indices[k]
+            if j < 0 or j >= n_cols:
+                return k, dups
+            if last[j] == r:
+                dups += 1
+            last[j] = r
+            if data[k] != 0:
+                counts[j] += 1
+    return -1, dups
 
 
 @numba.njit(cache=True, nogil=True)
-def _scatter(indptr, indices, data, colptr, out_rows, out_data):  # pragma: no cover
+def _scatter(indptr, indices, data, colptr, lo, hi, out_rows, out_data):  # pragma: no cover
+    """Counting-sort scatter of the entries whose destination lies in [lo, hi)."""
     n_cols = colptr.shape[0] - 1
     nxt = colptr[:n_cols].copy()
-    dups = 0
     for r in range(indptr.shape[0] - 1):
         for k in range(indptr[r], indptr[r + 1]):
             v = data[k]
@@ -54,50 +61,96 @@ def _scatter(indptr, indices, data, colptr, out_rows, out_data):  # pragma: no c
                 continue
             j = indices[k]
             pos = nxt[j]
-            if pos > colptr[j] and out_rows[pos - 1] == r:
-                dups += 1
-            out_rows[pos] = r
-            out_data[pos] = v
             nxt[j] = pos + 1
-    return dups
+            if lo <= pos < hi:
+                out_rows[pos - lo] = r
+                out_data[pos - lo] = v
+
+
+class Transposer:
+    """Transpose rows of a CSR matrix into the stored row-group layout, window by window.
+
+    Stored zeros are dropped and duplicate entries summed (as scipy does); column
+    indices may be unsorted on input. The output is produced in windows of a
+    given number of entries, so its memory is bounded whatever the group's size.
+
+    Raises :class:`FormatError` on a column index outside ``[0, n_cols)``.
+    """
+
+    def __init__(self, block: CSRBlock) -> None:
+        if block.n_rows > 1 << 16:
+            raise ValueError(f"a row group has at most 65536 rows, got {block.n_rows}")
+        if block.indices.dtype.kind not in "iu":
+            raise FormatError(f"column indices have dtype {block.indices.dtype}, expected integers")
+        b = _contiguous(block)
+        counts = np.zeros(b.n_cols, dtype=np.int64)
+        bad, dups = _count_columns(b.indptr, b.indices, b.data, b.n_cols, counts)
+        if bad >= 0:
+            raise FormatError(
+                f"column index {int(b.indices[bad])} at entry {bad} of the slab is outside "
+                f"0..{b.n_cols - 1}"
+            )
+        if dups:
+            b = _canonical(b)
+            counts = np.zeros(b.n_cols, dtype=np.int64)
+            _count_columns(b.indptr, b.indices, b.data, b.n_cols, counts)
+        self.block = b
+        self.colptr = np.zeros(b.n_cols + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.colptr[1:])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.colptr[-1])
+
+    def windows(self, window: int):
+        """Yield ``(offset, cell_indices, values)`` covering the output in order."""
+        b = self.block
+        for lo in range(0, self.nnz, max(1, window)):
+            hi = min(self.nnz, lo + window)
+            rows = np.empty(hi - lo, dtype=np.uint16)
+            vals = np.empty(hi - lo, dtype=b.data.dtype)
+            _scatter(b.indptr, b.indices, b.data, self.colptr, lo, hi, rows, vals)
+            yield lo, rows, vals
+
+    def cell_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row statistics of the stored values (zeros not folded in)."""
+        nnz, f = empty_stats(self.block.n_rows)
+        _segment_stats(self.block.indptr, self.block.data, nnz, f)
+        return nnz, f
+
+    def gene_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column statistics of the stored values (zeros not folded in)."""
+        nnz, f = empty_stats(self.block.n_cols)
+        _index_stats(self.block.indices, self.block.data, nnz, f)
+        return nnz, f
+
+
+def _canonical(block: CSRBlock) -> CSRBlock:
+    import scipy.sparse as sp
+
+    m = sp.csr_matrix((block.data, block.indices, block.indptr), shape=(block.n_rows, block.n_cols))
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return _contiguous(CSRBlock(m.indptr, m.indices, m.data, block.n_cols))
+
+
+def _contiguous(block: CSRBlock) -> CSRBlock:
+    return CSRBlock(
+        np.ascontiguousarray(block.indptr, dtype=np.int64),
+        np.ascontiguousarray(block.indices),
+        np.ascontiguousarray(block.data),
+        block.n_cols,
+    )
 
 
 def csr_to_group(block: CSRBlock) -> GroupBlock:
-    """Transpose rows of a CSR matrix into the stored row-group layout.
-
-    Stored zeros are dropped, duplicate entries summed (as scipy does), column
-    indices may be unsorted on input. Raises :class:`FormatError` on a column
-    index outside ``[0, n_cols)``.
-    """
-    n_rows, n_cols = block.n_rows, block.n_cols
-    if n_rows > 1 << 16:
-        raise ValueError(f"a row group has at most 65536 rows, got {n_rows}")
-    indices = np.ascontiguousarray(block.indices)
-    data = np.ascontiguousarray(block.data)
-    if indices.dtype.kind not in "iu":
-        raise FormatError(f"column indices have dtype {indices.dtype}, expected integers")
-    counts = np.zeros(n_cols, dtype=np.int64)
-    bad = _count_columns(indices, data, n_cols, counts)
-    if bad >= 0:
-        raise FormatError(
-            f"column index {int(indices[bad])} at entry {bad} of the slab is outside "
-            f"0..{n_cols - 1}"
-        )
-    colptr = np.zeros(n_cols + 1, dtype=np.int64)
-    np.cumsum(counts, out=colptr[1:])
-    nnz = int(colptr[-1])
-    out_rows = np.empty(nnz, dtype=np.uint16)
-    out_data = np.empty(nnz, dtype=data.dtype)
-    indptr = np.ascontiguousarray(block.indptr, dtype=np.int64)
-    dups = _scatter(indptr, indices, data, colptr, out_rows, out_data)
-    if dups:
-        import scipy.sparse as sp
-
-        m = sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols))
-        m.sum_duplicates()
-        m.eliminate_zeros()
-        return csr_to_group(CSRBlock(m.indptr, m.indices, m.data, n_cols))
-    return GroupBlock(colptr, out_rows, out_data, n_rows)
+    """Transpose rows of a CSR matrix into one in-memory :class:`GroupBlock`."""
+    t = Transposer(block)
+    rows = np.empty(t.nnz, dtype=np.uint16)
+    vals = np.empty(t.nnz, dtype=t.block.data.dtype)
+    b = t.block
+    _scatter(b.indptr, b.indices, b.data, t.colptr, 0, t.nnz, rows, vals)
+    return GroupBlock(t.colptr, rows, vals, block.n_rows)
 
 
 @numba.njit(cache=True, inline="always")
@@ -122,13 +175,17 @@ def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
         acc2 = 0.0
         mn = np.inf
         mx = -np.inf
+        cnt = 0
         for k in range(ptr[s], ptr[s + 1]):
             v = np.float64(values[k])
+            if v == 0:
+                continue
+            cnt += 1
             acc += v
             acc2 += v * v
             mn = _min(mn, v)
             mx = _max(mx, v)
-        out_nnz[s] += ptr[s + 1] - ptr[s]
+        out_nnz[s] += cnt
         out_f[s, 0] += acc
         out_f[s, 1] += acc2
         out_f[s, 2] = _min(out_f[s, 2], mn)
@@ -140,6 +197,8 @@ def _index_stats(index, values, out_nnz, out_f):  # pragma: no cover - compiled
     for k in range(index.shape[0]):
         i = index[k]
         v = np.float64(values[k])
+        if v == 0:
+            continue
         out_nnz[i] += 1
         out_f[i, 0] += v
         out_f[i, 1] += v * v

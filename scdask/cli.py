@@ -45,6 +45,17 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--workdir", default="scdask-demo", show_default=True, help="Where files are written.")
+@click.option("--cells", "n_cells", type=int, default=20000, show_default=True)
+@click.option("-w", "--workers", type=int, default=2, show_default=True)
+def demo(workdir: str, n_cells: int, workers: int) -> None:
+    """Generate a Tahoe-like plate, convert, verify and query it on a local Dask cluster."""
+    from scdask.demo import run
+
+    run(workdir, n_cells, workers)
+
+
+@main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--cells", "n_cells", type=int, default=20000, show_default=True)
 @click.option("--genes", "n_genes", type=int, default=62710, show_default=True)

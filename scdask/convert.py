@@ -49,7 +49,6 @@ from scdask.format import (
     parse_row_group_size,
 )
 from scdask.h5ad import H5ADSource
-from scdask.metadata import warn_dropped, write_table, write_uns
 from scdask.storage import Location
 
 DEFAULT_ROW_GROUP_SIZE = 16384
@@ -61,6 +60,8 @@ COLPTR_CHUNKS = (64, 1024)
 _WORKER_BASE_BYTES = 200 << 20
 
 _INIT_DONE = f"{WIP_DIR}/init.done"
+# Transposed entries held in memory at once by a partition (rounded to whole chunks).
+_WINDOW = 4 << 20
 
 
 def _marker(partition: int) -> str:
@@ -165,6 +166,23 @@ def convert_init(
         The plan now recorded in the store; when an interrupted conversion with the
         same plan is found, it is returned unchanged so the caller can resume.
     """
+    plan, dropped = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
+    from scdask.metadata import warn_dropped
+
+    warn_dropped(plan.source, dropped)
+    return plan
+
+
+def _init(
+    source: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    row_group_size: int,
+    chunk_size: int,
+    codecs: Codecs | None,
+    overwrite: bool,
+    storage_options: dict[str, Any] | None,
+) -> tuple[Plan, list[str]]:
+    """:func:`convert_init`, returning the elements not kept instead of warning."""
     src = H5ADSource(source)
     plan = make_plan(src, row_group_size, chunk_size, codecs)
     loc = Location(os.fspath(dst), storage_options)
@@ -184,7 +202,7 @@ def convert_init(
                     "settings; pass overwrite=True (--overwrite) to start again"
                 )
             if loc.exists(_INIT_DONE):
-                return plan  # resume: the partitions without a marker are still to do
+                return plan, []  # resume: the partitions without a marker are still to do
             loc.remove()  # init itself was interrupted: start again
         else:
             raise FileExistsError(
@@ -198,9 +216,8 @@ def convert_init(
     dropped = _write_metadata(src, loc, root, plan)
     with loc.open(_INIT_DONE, "wb") as f:
         f.write(b"ok")
-    warn_dropped(plan.source, dropped)
     src.close()
-    return plan
+    return plan, dropped
 
 
 def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
@@ -236,6 +253,8 @@ def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
 
 
 def _write_metadata(src: H5ADSource, loc: Location, root: zarr.Group, plan: Plan) -> list[str]:
+    from scdask.metadata import write_table, write_uns
+
     R = plan.row_group_size
     write_table(loc, OBS_FILE, src.frame("obs"), R)
     write_table(loc, VAR_FILE, src.frame("var"), 1 << 16)
@@ -272,23 +291,26 @@ def convert_partition(
     src = H5ADSource(plan.source)
     start, stop = plan.group_rows(partition)
     nnz: dict[str, int] = {}
+    window = max(1, _WINDOW // plan.chunk_size) * plan.chunk_size
     for m in plan.matrices:
         try:
-            group = blocks.csr_to_group(src.read_rows(m.name, start, stop))
+            t = blocks.Transposer(src.read_rows(m.name, start, stop))
         except FormatError as e:
             raise FormatError(f"{plan.source}: {m.name}: rows {start}:{stop}: {e}") from None
         mg = root[m.name]
-        if group.nnz:
-            mg[DATA][partition, : group.nnz] = group.data
-            mg[INDICES][partition, : group.nnz] = group.indices
+        for lo, rows, vals in t.windows(window):
+            mg[DATA][partition, lo : lo + len(vals)] = vals
+            mg[INDICES][partition, lo : lo + len(rows)] = rows
+            del rows, vals
         wip = root[f"{WIP_DIR}/{m.name}"]
-        wip[COLPTR][partition, :] = group.colptr
-        cells = blocks.finish_stats(*blocks.cell_stats(group), m.n_vars)
+        wip[COLPTR][partition, :] = t.colptr
+        cells = blocks.finish_stats(*t.cell_stats(), m.n_vars)
         for stat in STATS:
             mg[cell_stat_array(stat)][start:stop] = cells[stat]
         if m.n_vars:
-            wip["gene_partial"][partition] = blocks.gene_stats(group)[1].T
-        nnz[m.name] = group.nnz
+            wip["gene_partial"][partition] = t.gene_stats()[1].T
+        nnz[m.name] = t.nnz
+        del t
     src.close()
     with loc.open(_marker(partition), "wb") as f:
         f.write(json.dumps({"nnz": nnz}).encode())
@@ -407,8 +429,9 @@ def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
         else:
             nnz = int(per_group.max())
         value = info.dtype.itemsize
-        # read (indices int64 worst case + values) + transposed (uint16 + values) + encode buffers
-        worst = max(worst, int(nnz * (8 + value + 2 + value) * 1.25))
+        index = 8 if info.format != "csr" else source.file[m.name]["indices"].dtype.itemsize
+        # the slab read (indices + values) plus one window of transposed output
+        worst = max(worst, int(nnz * (index + value) + (_WINDOW + plan.chunk_size) * (2 + value)))
     return worst + _WORKER_BASE_BYTES
 
 
@@ -466,11 +489,14 @@ def convert(
     >>> scdask.convert("plate7.h5ad", "plate7.zarr")  # doctest: +SKIP
     """
     from scdask import parallel
+    from scdask.metadata import warn_dropped
 
-    plan = convert_init(
-        source, dst, row_group_size=row_group_size, chunk_size=chunk_size, codecs=codecs,
-        overwrite=overwrite, storage_options=storage_options,
-    )
+    # init reads obs/var/uns: it runs where the partitions run, so the caller holds no data
+    init_args = (os.fspath(source), os.fspath(dst), row_group_size, chunk_size, codecs,
+                 overwrite, storage_options)
+    plan, dropped = parallel.run(_init, [init_args], workers=0 if workers == 0 else 1,
+                                 executor=executor, progress=False)[0]
+    warn_dropped(plan.source, dropped)
     loc = Location(os.fspath(dst), storage_options)
     todo = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
     if executor is None:

@@ -261,7 +261,8 @@ class _H5ADWriter:
         g = self.obs.create_group(name)
         g.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False})
         codes_dtype = np.int8 if len(categories) < 128 else np.int16
-        g.create_dataset("codes", shape=(0,), maxshape=(None,), dtype=codes_dtype, chunks=(1 << 16,), **self.comp)
+        codes = g.create_dataset("codes", shape=(0,), maxshape=(None,), dtype=codes_dtype, chunks=(1 << 16,), **self.comp)
+        codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         cats = g.create_dataset("categories", data=np.array(categories, dtype=object), dtype=h5py.string_dtype())
         cats.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
         self.order.append(name)

@@ -13,13 +13,17 @@ import os
 import warnings
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import h5py
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from scdask.format import INDEX_COLUMN, FormatError
 from scdask.sources import CSRBlock, MatrixInfo
+
+if TYPE_CHECKING:  # pandas and pyarrow are imported only where frames are read
+    import pandas as pd
+    import pyarrow as pa
 
 # Rows of a dense matrix, or entries of a CSC matrix, read per HDF5 call.
 _SLAB_BYTES = 64 << 20
@@ -205,6 +209,7 @@ class H5ADSource:
             adata = self._legacy()
             df = adata.raw.var if name == "raw/var" else getattr(adata, name)
             return dataframe_to_arrow(df)
+        import pandas as pd
         from anndata.io import read_elem
 
         elem = self.file[name]
@@ -356,13 +361,29 @@ class _ArrowFrameBuilder:
     """Assemble an Arrow table one pandas column at a time, keeping pandas dtypes."""
 
     def __init__(self, index: pd.Index) -> None:
+        import numpy as np
+        import pandas as pd
+
         self.arrays: list[pa.Array] = []
         self.names: list[str] = []
         self.pandas_columns: list[dict[str, Any]] = []
+        self.categoricals: dict[str, dict[str, Any]] = {}
         self.index_name = index.name
         self.add(INDEX_COLUMN, pd.Series(np.asarray(index, dtype=object)))
 
     def add(self, name: str, values: Any) -> None:
+        import pandas as pd
+        import pyarrow as pa
+
+        dtype = getattr(values, "dtype", None)
+        if isinstance(dtype, pd.CategoricalDtype):
+            # Parquet keeps only string dictionaries; record the categories exactly.
+            cats = dtype.categories
+            self.categoricals[name] = {
+                "categories": cats.tolist(),
+                "dtype": cats.dtype.str if cats.dtype != object else "object",
+                "ordered": bool(dtype.ordered),
+            }
         table = pa.Table.from_pandas(pd.DataFrame({name: values}), preserve_index=False)
         self.arrays.append(table.column(0).combine_chunks())
         self.names.append(name)
@@ -371,11 +392,16 @@ class _ArrowFrameBuilder:
         self._pandas_meta = meta
 
     def finish(self) -> pa.Table:
+        import pyarrow as pa
+
         meta = dict(self._pandas_meta)
         meta["columns"] = self.pandas_columns
         meta["index_columns"] = []
         meta["column_indexes"] = []
-        schema_meta = {b"pandas": json.dumps(meta).encode()}
+        schema_meta = {
+            b"pandas": json.dumps(meta).encode(),
+            b"scdask_categoricals": json.dumps(self.categoricals).encode(),
+        }
         if self.index_name is not None:
             schema_meta[b"scdask_index_name"] = str(self.index_name).encode()
         return pa.table(self.arrays, names=self.names).replace_schema_metadata(schema_meta)

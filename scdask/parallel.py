@@ -76,7 +76,7 @@ def run(
     own = executor is None
     if own:
         workers = default_workers() if workers is None else workers
-        if workers == 0 or len(args) <= 1:
+        if workers == 0 or not args:
             pool: cf.Executor = SynchronousExecutor()
         else:
             ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")

@@ -87,7 +87,22 @@ def frame_to_dataframe(table: pa.Table) -> pd.DataFrame:
     """Arrow table written by scdask back to pandas, index restored."""
     from scdask.format import INDEX_COLUMN
 
+    import json
+
+    import pandas as pd
+
     df = table.to_pandas()
+    meta = table.schema.metadata or {}
+    for col, c in json.loads(meta.get(b"scdask_categoricals", b"{}")).items():
+        if col in df.columns:
+            cats = pd.Index(c["categories"], dtype=None if c["dtype"] == "object" else c["dtype"])
+            if not len(cats):
+                cats = pd.Index([], dtype=object)
+            values = df[col]
+            if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.dtype == cats.dtype:
+                df[col] = values.cat.set_categories(cats, ordered=c["ordered"])
+            else:
+                df[col] = pd.Categorical(values, categories=cats, ordered=c["ordered"])
     index = df.pop(INDEX_COLUMN)
     df.index = index.astype(object) if index.dtype != object else index
     name = (table.schema.metadata or {}).get(b"scdask_index_name")

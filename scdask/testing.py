@@ -1,0 +1,148 @@
+"""Helpers shared by scdask's tests and benchmarks: references and assertions.
+
+Everything here reads small stores whole; it is for checking, not for use on plates.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scdask.store import Store
+
+
+def store_to_csr(store: Store, name: str = "X") -> sp.csr_matrix:
+    """A whole matrix of a (small) store as scipy CSR, assembled group by group."""
+    info = store.matrix(name)
+    n_obs, n_vars = info["shape"]
+    pieces = []
+    for g in range(store.n_groups):
+        b = store.read_group(name, g)
+        pieces.append(
+            sp.csc_matrix((b.data, b.indices.astype(np.int64), b.colptr), shape=(b.n_rows, n_vars)).tocsr()
+        )
+    if not pieces:
+        return sp.csr_matrix((n_obs, n_vars), dtype=store.dtype(name))
+    return sp.vstack(pieces, format="csr")
+
+
+def as_dense(x: Any) -> np.ndarray:
+    """A dense numpy copy of a numpy, scipy.sparse or h5py-backed matrix."""
+    if sp.issparse(x):
+        return x.toarray()
+    return np.asarray(x)
+
+
+def assert_matrix_equal(store: Store, name: str, expected: Any) -> None:
+    """Every value of ``store``'s matrix ``name`` equals ``expected`` (NaN equal to NaN)."""
+    ours = store_to_csr(store, name).toarray()
+    theirs = as_dense(expected)
+    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape} != {theirs.shape}"
+    assert ours.dtype == theirs.dtype, f"{name}: dtype {ours.dtype} != {theirs.dtype}"
+    np.testing.assert_array_equal(ours, theirs, err_msg=f"{name} differs")
+
+
+def assert_store_matches_anndata(store: Store | str | os.PathLike[str], adata: Any) -> None:
+    """X, layers, raw, obs, var and obsm/varm of a store equal the AnnData it came from."""
+    st = store if isinstance(store, Store) else Store(store)
+    assert (st.n_obs, st.n_vars) == adata.shape
+    if adata.X is not None:
+        assert_matrix_equal(st, "X", adata.X)
+    else:
+        assert "X" not in st.matrices
+    for key, layer in adata.layers.items():
+        assert_matrix_equal(st, f"layers/{key}", layer)
+    assert set(st.matrices) - {"X", "raw/X"} == {f"layers/{k}" for k in adata.layers}
+    pd.testing.assert_frame_equal(st.obs(), adata.obs, check_exact=True)
+    pd.testing.assert_frame_equal(st.var(), adata.var, check_exact=True)
+    if adata.raw is not None:
+        assert_matrix_equal(st, "raw/X", adata.raw.X)
+        pd.testing.assert_frame_equal(st.var("raw/X"), adata.raw.var, check_exact=True)
+    for axis in ("obsm", "varm"):
+        for key, value in getattr(adata, axis).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                np.testing.assert_array_equal(st.root[f"{axis}/{key}"][...], value)
+
+
+def random_csr(
+    n_obs: int, n_vars: int, density: float, seed: int = 0, dtype: Any = np.float32
+) -> sp.csr_matrix:
+    """Integer-valued random counts, with all-zero rows and columns when density is low."""
+    rng = np.random.default_rng(seed)
+    m = sp.random(n_obs, n_vars, density=density, format="csr", random_state=rng, dtype=np.float64)
+    m.data = np.ceil(m.data * 20).astype(dtype)
+    return m.astype(dtype)
+
+
+def write_random_h5ad(
+    path: str | os.PathLike[str],
+    n_obs: int,
+    n_vars: int,
+    nnz_per_row: int,
+    *,
+    seed: int = 0,
+    batch: int = 20000,
+    compression: str | None = None,
+) -> str:
+    """Stream a large random CSR H5AD (int64 indptr) to disk without holding it in memory.
+
+    Each row has ``nnz_per_row`` distinct, sorted columns and integer counts. For
+    memory tests: the file can be far larger than the memory of the writer.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    comp = {"compression": compression} if compression else {}
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        X = f.create_group("X")
+        X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
+        total = n_obs * nnz_per_row
+        data = X.create_dataset("data", shape=(total,), dtype=np.float32, chunks=(1 << 18,), **comp)
+        indices = X.create_dataset("indices", shape=(total,), dtype=np.int32, chunks=(1 << 18,), **comp)
+        X.create_dataset("indptr", data=np.arange(n_obs + 1, dtype=np.int64) * nnz_per_row)
+        for a in range(0, n_obs, batch):
+            b = min(n_obs, a + batch)
+            n = b - a
+            cols = np.sort(rng.random((n, n_vars)).argpartition(nnz_per_row, axis=1)[:, :nnz_per_row], axis=1) \
+                if n_vars <= 4096 else np.sort(rng.choice(n_vars, (n, nnz_per_row)), axis=1)
+            indices[a * nnz_per_row : b * nnz_per_row] = cols.ravel().astype(np.int32)
+            data[a * nnz_per_row : b * nnz_per_row] = rng.integers(1, 50, n * nnz_per_row).astype(np.float32)
+        from anndata.io import write_elem
+
+        write_elem(f, "obs", pd.DataFrame(index=[f"c{i}" for i in range(n_obs)]))
+        write_elem(f, "var", pd.DataFrame(index=[f"g{i}" for i in range(n_vars)]))
+    return os.fspath(path)
+
+
+def peak_tree_rss(cmd: list[str], interval: float = 0.02, timeout: float = 600) -> tuple[int, int]:
+    """Run ``cmd``; return (exit code, peak summed RSS in bytes of it and all its children)."""
+    import subprocess
+
+    import psutil
+
+    proc = subprocess.Popen(cmd)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    import time
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        total = 0
+        try:
+            for p in [ps, *ps.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait(), peak

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_H5AD = os.environ.get(
+    "SCDASK_SHARED_H5AD", os.path.join(os.path.dirname(REPO), "shared", "data", "h5ad")
+)
+SHARED_FILES = sorted(glob.glob(os.path.join(SHARED_H5AD, "*.h5ad")))
+
+
+def shared_params():
+    if not SHARED_FILES:
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason=f"real H5AD corpus not found at {SHARED_H5AD} (clone with ../shared beside it)"))]
+    return [pytest.param(p, id=os.path.basename(p).replace(".h5ad", "")) for p in SHARED_FILES]
+
+
+@pytest.fixture(scope="session")
+def tiny_plate(tmp_path_factory):
+    """A 3,000-cell synthetic plate (1,000 genes), gzip-compressed like the real ones."""
+    from scdask.datasets import synth
+
+    path = tmp_path_factory.mktemp("plate") / "plate.h5ad"
+    return synth(path, 3000, n_genes=1000, n_drugs=8, n_cell_lines=5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_plate, tmp_path_factory):
+    import scdask
+
+    dst = tmp_path_factory.mktemp("store") / "plate.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(tiny_plate, dst, row_group_size=1024, chunk_size=4096, workers=0)
+    return str(dst)

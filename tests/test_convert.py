@@ -1,0 +1,240 @@
+"""Conversion of generated plates: values, statistics, bad input, atomicity and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import anndata
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scdask
+from scdask.convert import convert_finalise, convert_init, convert_partition
+from scdask.format import FORMAT_VERSION, FormatError, FormatVersionError
+from scdask.store import IncompleteStoreError, Store
+from scdask.testing import assert_store_matches_anndata, store_to_csr
+from scdask.verify import verify
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_generated_plate_round_trip(tiny_plate, tiny_store):
+    adata = anndata.read_h5ad(tiny_plate)
+    st = Store(tiny_store)
+    assert st.n_groups == 3  # 3,000 cells in groups of 1,024: the last one partial
+    assert_store_matches_anndata(st, adata)
+    assert verify(st, against=tiny_plate).ok
+
+
+def test_statistics_match_numpy(tiny_plate, tiny_store):
+    X = anndata.read_h5ad(tiny_plate).X.toarray().astype(np.float64)
+    st = Store(tiny_store)
+    np.testing.assert_array_equal(st.stat("X", "gene", "nnz"), (X != 0).sum(0))
+    np.testing.assert_allclose(st.stat("X", "gene", "sum"), X.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(st.stat("X", "gene", "sumsq"), (X**2).sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(st.stat("X", "gene", "max"), X.max(0))
+    np.testing.assert_array_equal(st.stat("X", "gene", "min"), X.min(0))
+    np.testing.assert_array_equal(st.stat("X", "cell", "nnz"), (X != 0).sum(1))
+    np.testing.assert_allclose(st.stat("X", "cell", "sum"), X.sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(st.stat("X", "cell", "max"), X.max(1))
+    obs = st.obs(["gene_count", "tscp_count"])
+    np.testing.assert_array_equal(obs["gene_count"], st.stat("X", "cell", "nnz"))
+
+
+def test_process_pool_equals_in_process(tiny_plate, tiny_store, tmp_path):
+    dst = tmp_path / "pool.zarr"
+    scdask.convert(tiny_plate, dst, row_group_size=1024, chunk_size=4096, workers=2)
+    a, b = Store(tiny_store), Store(dst)
+    assert (store_to_csr(a) != store_to_csr(b)).nnz == 0
+
+
+def _write_h5ad(path, X, **kw):
+    adata = anndata.AnnData(X=X, **kw)
+    adata.write_h5ad(path)
+    return adata
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8])
+def test_formats_and_dtypes(tmp_path, fmt, dtype):
+    m = sp.random(300, 40, density=0.2, format="csr", random_state=0)
+    m.data = np.ceil(m.data * 9)
+    m = m.astype(dtype)
+    X = {"csr": m, "csc": m.tocsc(), "dense": m.toarray()}[fmt]
+    adata = _write_h5ad(tmp_path / "in.h5ad", X)
+    scdask.convert(tmp_path / "in.h5ad", tmp_path / "out.zarr", row_group_size=128, workers=0)
+    st = Store(tmp_path / "out.zarr")
+    assert st.dtype("X") == np.dtype(dtype)
+    assert_store_matches_anndata(st, adata)
+
+
+def test_unsorted_indices_stored_zeros_duplicates_int64_indptr(tmp_path):
+    path = tmp_path / "odd.h5ad"
+    # row 0: unsorted, a stored zero, a duplicate of column 2 (summed, as scipy does)
+    indptr = np.array([0, 5, 5, 7], dtype=np.int64)
+    indices = np.array([4, 2, 0, 2, 1, 3, 0], dtype=np.int64)
+    data = np.array([1.0, 2.0, 0.0, 3.0, 7.0, 5.0, 6.0], dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        g = f.create_group("X")
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [3, 5]})
+        g["indptr"], g["indices"], g["data"] = indptr, indices, data
+    obs = anndata.AnnData(obs={"a": [1, 2, 3]}, var={"b": list(range(5))})
+    from anndata.io import write_elem
+
+    with h5py.File(path, "a") as f:
+        write_elem(f, "obs", obs.obs)
+        write_elem(f, "var", obs.var)
+    scdask.convert(path, tmp_path / "out.zarr", workers=0)
+    expected = sp.csr_matrix((data, indices, indptr), shape=(3, 5)).toarray()
+    got = store_to_csr(Store(tmp_path / "out.zarr")).toarray()
+    np.testing.assert_array_equal(got, expected)
+    st = Store(tmp_path / "out.zarr")
+    assert st.matrix("X")["nnz"] == int((expected != 0).sum())
+
+
+def test_no_x_and_empty_x(tmp_path):
+    adata = _write_h5ad(tmp_path / "nox.h5ad", None, obs={"a": np.arange(4)}, var={"b": np.arange(3)})
+    scdask.convert(tmp_path / "nox.h5ad", tmp_path / "nox.zarr", workers=0)
+    st = Store(tmp_path / "nox.zarr")
+    assert "X" not in st.matrices and (st.n_obs, st.n_vars) == (4, 3)
+    assert_store_matches_anndata(st, adata)
+    for shape in [(0, 5), (5, 0), (0, 0)]:
+        _write_h5ad(tmp_path / "e.h5ad", sp.csr_matrix(shape, dtype=np.float32))
+        scdask.convert(tmp_path / "e.h5ad", tmp_path / "e.zarr", workers=0, overwrite=True)
+        st = Store(tmp_path / "e.zarr")
+        assert st.matrix("X")["shape"] == list(shape)
+        assert store_to_csr(st).shape == shape
+
+
+# -- bad input -------------------------------------------------------------------
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "x.h5ad"
+    p.write_text("hello")
+    with pytest.raises(FormatError, match=r"x\.h5ad: not an HDF5 file"):
+        scdask.convert(p, tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_hdf5_not_anndata(tmp_path):
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        f["foo"] = np.arange(3)
+    with pytest.raises(FormatError, match=r"x\.h5: obs: missing"):
+        scdask.convert(p, tmp_path / "o.zarr")
+
+
+def test_truncated(tiny_plate, tmp_path):
+    p = tmp_path / "trunc.h5ad"
+    data = open(tiny_plate, "rb").read()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="trunc.h5ad"):
+        scdask.convert(p, tmp_path / "o.zarr", workers=0)
+    with pytest.raises(FormatError):
+        Store(tmp_path / "o.zarr") if (tmp_path / "o.zarr").exists() else (_ for _ in ()).throw(FormatError("absent"))
+
+
+def test_shape_disagrees(tmp_path):
+    p = tmp_path / "bad.h5ad"
+    _write_h5ad(p, sp.random(10, 4, density=0.5, format="csr", dtype=np.float32))
+    with h5py.File(p, "a") as f:
+        f["X"].attrs["shape"] = np.array([11, 4])
+    with pytest.raises(FormatError, match=r"bad\.h5ad: X/indptr: has 11 entries, expected 12"):
+        scdask.convert(p, tmp_path / "o.zarr")
+
+
+def test_unknown_encoding(tmp_path):
+    p = tmp_path / "bad.h5ad"
+    _write_h5ad(p, sp.random(10, 4, density=0.5, format="csr", dtype=np.float32))
+    with h5py.File(p, "a") as f:
+        f["X"].attrs["encoding-type"] = "awkward-array"
+    with pytest.raises(FormatError, match=r"bad\.h5ad: X: encoding 'awkward-array'"):
+        scdask.convert(p, tmp_path / "o.zarr")
+
+
+def test_column_index_out_of_range(tmp_path):
+    p = tmp_path / "bad.h5ad"
+    _write_h5ad(p, sp.random(10, 4, density=0.5, format="csr", dtype=np.float32))
+    with h5py.File(p, "a") as f:
+        idx = f["X/indices"][:]
+        idx[3] = 99
+        f["X/indices"][:] = idx
+    with pytest.raises(FormatError, match=r"bad\.h5ad: X: rows 0:10: column index 99"):
+        scdask.convert(p, tmp_path / "o.zarr", workers=0)
+    with pytest.raises(IncompleteStoreError):
+        Store(tmp_path / "o.zarr")
+
+
+def test_destination_exists(tiny_plate, tiny_store, tmp_path):
+    with pytest.raises(FileExistsError, match="complete scdask store"):
+        scdask.convert(tiny_plate, tiny_store)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "file.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a scdask store"):
+        scdask.convert(tiny_plate, other)
+    scdask.convert(tiny_plate, other, overwrite=True, workers=0, row_group_size=2048)
+    assert Store(other).n_obs == 3000
+
+
+def test_newer_format_version_refused(tiny_plate, tmp_path):
+    dst = tmp_path / "v.zarr"
+    scdask.convert(tiny_plate, dst, workers=0)
+    meta = json.loads((dst / "zarr.json").read_text())
+    meta["attributes"]["scdask"]["format_version"] = FORMAT_VERSION + 1
+    (dst / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(FormatVersionError, match=rf"format version {FORMAT_VERSION + 1}.*up to {FORMAT_VERSION}"):
+        Store(dst)
+
+
+# -- atomicity and resume ----------------------------------------------------------
+def test_incomplete_store_does_not_open_and_resumes(tiny_plate, tiny_store, tmp_path):
+    dst = tmp_path / "r.zarr"
+    plan = convert_init(tiny_plate, dst, row_group_size=1024, chunk_size=4096)
+    convert_partition(dst, 1)
+    with pytest.raises(IncompleteStoreError, match="has not finished"):
+        Store(dst)
+    with pytest.raises(RuntimeError, match="2 of 3 partitions are not converted"):
+        convert_finalise(dst)
+    # rerunning the same conversion converts only what is missing
+    scdask.convert(tiny_plate, dst, row_group_size=1024, chunk_size=4096, workers=0)
+    assert plan.n_groups == 3
+    assert (store_to_csr(Store(dst)) != store_to_csr(Store(tiny_store))).nnz == 0
+    # different settings on an interrupted store are refused
+    dst2 = tmp_path / "r2.zarr"
+    convert_init(tiny_plate, dst2, row_group_size=1024)
+    with pytest.raises(FileExistsError, match="interrupted conversion"):
+        scdask.convert(tiny_plate, dst2, row_group_size=512)
+
+
+def test_kill_during_conversion_then_resume(tmp_path):
+    from scdask.datasets import synth
+
+    src = synth(tmp_path / "p.h5ad", 6000, n_genes=2000, seed=3)
+    dst = tmp_path / "k.zarr"
+    code = (
+        "import scdask, sys; scdask.convert(sys.argv[1], sys.argv[2], row_group_size=256, "
+        "chunk_size=4096, workers=1, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)], start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = dst / "wip" / "done"
+        if done.exists() and len(os.listdir(done)) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (dst / "wip" / "done").exists() or len(os.listdir(dst / "wip" / "done")) < 24
+    with pytest.raises(IncompleteStoreError):
+        Store(dst)
+    scdask.convert(src, dst, row_group_size=256, chunk_size=4096, workers=0)
+    assert verify(dst, against=src).ok
