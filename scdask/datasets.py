@@ -55,7 +55,7 @@ def _sample_batch(cdfs, line_of_cell, umis, seeds, drug_genes, drug_of_cell, dru
         total = cdf[n_genes - 1]
         draws = np.empty(umis[i] + drug_genes.shape[1] * _DRUG_CAP, dtype=np.int32)
         m = 0
-        for k in range(umis[i]):
+        for _ in range(umis[i]):
             draws[m] = np.searchsorted(cdf, np.random.random() * total, side="right")
             m += 1
         d = drug_of_cell[i]

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np

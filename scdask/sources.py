@@ -85,11 +85,11 @@ class Source(Protocol):
 
 def frame_to_dataframe(table: pa.Table) -> pd.DataFrame:
     """Arrow table written by scdask back to pandas, index restored."""
-    from scdask.format import INDEX_COLUMN
-
     import json
 
     import pandas as pd
+
+    from scdask.format import INDEX_COLUMN
 
     df = table.to_pandas()
     meta = table.schema.metadata or {}

@@ -32,7 +32,6 @@ from scdask.metadata import read_frame
 from scdask.storage import Location
 
 
-
 class IncompleteStoreError(FormatError):
     """The store is a conversion that has not finished."""
 

@@ -25,7 +25,6 @@ def test_conversion_peak_rss_flat_and_under_budget(tmp_path):
         )
         rc, peaks[n_obs] = peak_tree_rss([sys.executable, "-c", code, src, str(dst)])
         assert rc == 0
-        x_bytes = n_obs * 1000 * 8  # float32 values + int32 indices
         assert Store(dst).matrix("X")["nnz"] == n_obs * 1000
         os.remove(src)
     big = 220_000 * 1000 * 8

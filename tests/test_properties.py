@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 
 import h5py
-import pytest
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 from anndata.io import write_elem
 from hypothesis import HealthCheck, given, settings

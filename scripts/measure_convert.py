@@ -1,0 +1,64 @@
+"""Measure conversion against a plain single-process h5py read of the same X, in one run.
+
+    python scripts/measure_convert.py PLATE.h5ad [--chunk-size N ...] [--row-group-size R ...]
+
+Prints, per setting: conversion seconds and its ratio to the h5py read, peak RSS of the
+whole process tree, and the store size as a fraction of the input file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from scdask.testing import peak_tree_rss
+
+READ = """
+import h5py, sys, time
+t = time.perf_counter()
+with h5py.File(sys.argv[1], "r") as f:
+    X = f["X"]; n = X["indptr"].shape[0] - 1; ip = X["indptr"]
+    step = 16384
+    for a in range(0, n, step):
+        lo, hi = int(ip[a]), int(ip[min(n, a + step)])
+        X["indices"][lo:hi]; X["data"][lo:hi]
+print(time.perf_counter() - t)
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("src")
+    p.add_argument("--chunk-size", type=int, nargs="*", default=[1 << 18])
+    p.add_argument("--row-group-size", type=int, nargs="*", default=[16384])
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    size = os.path.getsize(args.src)
+    read = float(subprocess.run([sys.executable, "-c", READ, args.src], capture_output=True,
+                                text=True, check=True).stdout)
+    print(f"{args.src}: {size / 1e6:.0f} MB; single-process h5py read of X: {read:.2f} s")
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(args.src)))
+    try:
+        for R in args.row_group_size:
+            for C in args.chunk_size:
+                dst = os.path.join(tmp, f"R{R}_C{C}.zarr")
+                code = (f"import scdask; scdask.convert({args.src!r}, {dst!r}, row_group_size={R}, "
+                        f"chunk_size={C}, workers={args.workers}, progress=False)")
+                t = time.perf_counter()
+                rc, peak = peak_tree_rss([sys.executable, "-c", code])
+                dt = time.perf_counter() - t
+                du = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dst) for f in fs)
+                print(f"R={R} C={C}: convert {dt:.2f} s = {dt / read:.2f}x the read, peak RSS "
+                      f"{peak / 1e9:.2f} GB, store {du / 1e6:.0f} MB = {du / size:.3f}x the input (rc={rc})")
+                shutil.rmtree(dst, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
