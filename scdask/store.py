@@ -58,11 +58,10 @@ class Store:
         self.loc = Location(os.fspath(url), storage_options)
         self.url = self.loc.url
         self.storage_options = storage_options
+        if not self.loc.exists():
+            raise FileNotFoundError(f"{self.url}: does not exist")
         if not self.loc.exists("zarr.json"):
-            kind = "does not exist" if not self.loc.exists() else "is not a Zarr v3 store"
-            raise FileNotFoundError(f"{self.url}: {kind}") if kind == "does not exist" else FormatError(
-                f"{self.url}: {kind} (no zarr.json); it is not a scdask store"
-            )
+            raise FormatError(f"{self.url}: is not a Zarr v3 store (no zarr.json), not a scdask store")
         try:
             self.root = self.loc.open_group("r")
             attrs = self.root.attrs.asdict()

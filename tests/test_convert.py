@@ -137,8 +137,9 @@ def test_truncated(tiny_plate, tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(FormatError, match="trunc.h5ad"):
         scdask.convert(p, tmp_path / "o.zarr", workers=0)
-    with pytest.raises(FormatError):
-        Store(tmp_path / "o.zarr") if (tmp_path / "o.zarr").exists() else (_ for _ in ()).throw(FormatError("absent"))
+    if (tmp_path / "o.zarr").exists():  # whatever was written must not open as complete
+        with pytest.raises(FormatError):
+            Store(tmp_path / "o.zarr")
 
 
 def test_shape_disagrees(tmp_path):
