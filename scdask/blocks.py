@@ -13,8 +13,9 @@ import dataclasses
 import numba
 import numpy as np
 
-from scdask.format import STATS, FormatError
+from scdask.format import FormatError, LossyDtypeError
 from scdask.sources import CSRBlock
+from scdask.stats import empty_stats
 
 
 @dataclasses.dataclass
@@ -32,26 +33,50 @@ class GroupBlock:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_columns(indptr, indices, data, n_cols, counts):  # pragma: no cover - compiled
-    """Count non-zeros per column; return (first bad entry or -1, duplicate entries)."""
-    last = np.full(n_cols, -1, dtype=np.int64)
-    dups = 0
+def _survey(indptr, indices, data, n_cols, counts, cell_nnz, cell_f):  # pragma: no cover
+    """One pass over CSR rows: non-zeros per column and statistics per row.
+
+    Returns ``(first bad entry or -1, some row unsorted, all values fit uint16)``.
+    Only ``counts`` is accessed out of order, so the pass runs at memory speed.
+    """
+    fits = True
+    unsorted = False
     for r in range(indptr.shape[0] - 1):
+        acc = 0.0
+        acc2 = 0.0
+        mn = np.inf
+        mx = -np.inf
+        cnt = 0
+        prev = -1
         for k in range(indptr[r], indptr[r + 1]):
             j = indices[k]
             if j < 0 or j >= n_cols:
-                return k, dups
-            if last[j] == r:
-                dups += 1
-            last[j] = r
-            if data[k] != 0:
-                counts[j] += 1
-    return -1, dups
+                return k, unsorted, fits
+            if j <= prev:
+                unsorted = True  # perhaps duplicates: the caller canonicalises
+            prev = j
+            v = np.float64(data[k])
+            if v == 0:
+                continue
+            if fits and not (0 < v <= 65535 and v == np.floor(v)):
+                fits = False
+            counts[j] += 1
+            cnt += 1
+            acc += v
+            acc2 += v * v
+            mn = _min(mn, v)
+            mx = _max(mx, v)
+        cell_nnz[r] = cnt
+        cell_f[r, 0] = acc
+        cell_f[r, 1] = acc2
+        cell_f[r, 2] = mn
+        cell_f[r, 3] = mx
+    return -1, unsorted, fits
 
 
 @numba.njit(cache=True, nogil=True)
-def _scatter(indptr, indices, data, colptr, lo, hi, out_rows, out_data):  # pragma: no cover
-    """Counting-sort scatter of the entries whose destination lies in [lo, hi)."""
+def _scatter(indptr, indices, data, colptr, out_rows, out_data):  # pragma: no cover - compiled
+    """Counting-sort scatter of the non-zero entries into gene-major order."""
     n_cols = colptr.shape[0] - 1
     nxt = colptr[:n_cols].copy()
     for r in range(indptr.shape[0] - 1):
@@ -62,67 +87,74 @@ def _scatter(indptr, indices, data, colptr, lo, hi, out_rows, out_data):  # prag
             j = indices[k]
             pos = nxt[j]
             nxt[j] = pos + 1
-            if lo <= pos < hi:
-                out_rows[pos - lo] = r
-                out_data[pos - lo] = v
+            out_rows[pos] = r
+            out_data[pos] = v
 
 
-class Transposer:
-    """Transpose rows of a CSR matrix into the stored row-group layout, window by window.
+@dataclasses.dataclass
+class Converted:
+    """One row group transposed, with the statistics of its stored values (zeros not folded in)."""
 
-    Stored zeros are dropped and duplicate entries summed (as scipy does); column
-    indices may be unsorted on input. The output is produced in windows of a
-    given number of entries, so its memory is bounded whatever the group's size.
+    group: GroupBlock
+    cells: tuple[np.ndarray, np.ndarray]  # per-row nnz and (sum, sumsq, min, max)
+    genes: tuple[np.ndarray, np.ndarray]  # per-column nnz and (sum, sumsq, min, max)
 
-    Raises :class:`FormatError` on a column index outside ``[0, n_cols)``.
+
+def to_group(block: CSRBlock, dtype: np.dtype | str | None = None) -> Converted:
+    """Transpose rows of a CSR matrix into the stored row-group layout, with statistics.
+
+    Two compiled passes over the entries: one counts columns and accumulates the
+    per-cell statistics, one scatters; per-gene statistics then come from the
+    gene-major output in one sequential pass. Stored zeros are dropped and duplicate entries summed
+    (as scipy does); column indices may be unsorted on input.
+
+    Parameters
+    ----------
+    block
+        At most 65,536 rows of a CSR matrix.
+    dtype
+        Dtype of the stored values: the block's own (default), or ``uint16`` when every
+        value is an integer in 1..65535, which is checked.
+
+    Raises
+    ------
+    FormatError
+        On a column index outside ``[0, n_cols)``.
+    LossyDtypeError
+        When ``dtype`` is ``uint16`` and a value is not an integer in 1..65535.
     """
-
-    def __init__(self, block: CSRBlock) -> None:
-        if block.n_rows > 1 << 16:
-            raise ValueError(f"a row group has at most 65536 rows, got {block.n_rows}")
-        if block.indices.dtype.kind not in "iu":
-            raise FormatError(f"column indices have dtype {block.indices.dtype}, expected integers")
-        b = _contiguous(block)
+    if block.n_rows > 1 << 16:
+        raise ValueError(f"a row group has at most 65536 rows, got {block.n_rows}")
+    if block.indices.dtype.kind not in "iu":
+        raise FormatError(f"column indices have dtype {block.indices.dtype}, expected integers")
+    b = _contiguous(block)
+    out_dtype = b.data.dtype if dtype is None else np.dtype(dtype)
+    if out_dtype != b.data.dtype and out_dtype != np.uint16:
+        raise ValueError(f"values are stored as {b.data.dtype} or uint16, not {out_dtype}")
+    for attempt in range(2):
         counts = np.zeros(b.n_cols, dtype=np.int64)
-        bad, dups = _count_columns(b.indptr, b.indices, b.data, b.n_cols, counts)
+        cells = empty_stats(b.n_rows)
+        bad, unsorted, fits = _survey(b.indptr, b.indices, b.data, b.n_cols, counts, *cells)
         if bad >= 0:
             raise FormatError(
                 f"column index {int(b.indices[bad])} at entry {bad} of the slab is outside "
                 f"0..{b.n_cols - 1}"
             )
-        if dups:
-            b = _canonical(b)
-            counts = np.zeros(b.n_cols, dtype=np.int64)
-            _count_columns(b.indptr, b.indices, b.data, b.n_cols, counts)
-        self.block = b
-        self.colptr = np.zeros(b.n_cols + 1, dtype=np.int64)
-        np.cumsum(counts, out=self.colptr[1:])
-
-    @property
-    def nnz(self) -> int:
-        return int(self.colptr[-1])
-
-    def windows(self, window: int):
-        """Yield ``(offset, cell_indices, values)`` covering the output in order."""
-        b = self.block
-        for lo in range(0, self.nnz, max(1, window)):
-            hi = min(self.nnz, lo + window)
-            rows = np.empty(hi - lo, dtype=np.uint16)
-            vals = np.empty(hi - lo, dtype=b.data.dtype)
-            _scatter(b.indptr, b.indices, b.data, self.colptr, lo, hi, rows, vals)
-            yield lo, rows, vals
-
-    def cell_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row statistics of the stored values (zeros not folded in)."""
-        nnz, f = empty_stats(self.block.n_rows)
-        _segment_stats(self.block.indptr, self.block.data, nnz, f)
-        return nnz, f
-
-    def gene_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-column statistics of the stored values (zeros not folded in)."""
-        nnz, f = empty_stats(self.block.n_cols)
-        _index_stats(self.block.indices, self.block.data, nnz, f)
-        return nnz, f
+        if not unsorted or attempt:
+            break
+        b = _canonical(b)  # sort each row and sum duplicates, as scipy does
+    if out_dtype != b.data.dtype and not fits:
+        raise LossyDtypeError(
+            f"values are not all integers in 1..65535, so they cannot be stored as {out_dtype}"
+        )
+    colptr = np.zeros(b.n_cols + 1, dtype=np.int64)
+    np.cumsum(counts, out=colptr[1:])
+    nnz = int(colptr[-1])
+    rows = np.empty(nnz, dtype=np.uint16)
+    vals = np.empty(nnz, dtype=out_dtype)
+    _scatter(b.indptr, b.indices, b.data, colptr, rows, vals)
+    group = GroupBlock(colptr, rows, vals, b.n_rows)
+    return Converted(group, cells, gene_stats(group))
 
 
 def _canonical(block: CSRBlock) -> CSRBlock:
@@ -145,12 +177,7 @@ def _contiguous(block: CSRBlock) -> CSRBlock:
 
 def csr_to_group(block: CSRBlock) -> GroupBlock:
     """Transpose rows of a CSR matrix into one in-memory :class:`GroupBlock`."""
-    t = Transposer(block)
-    rows = np.empty(t.nnz, dtype=np.uint16)
-    vals = np.empty(t.nnz, dtype=t.block.data.dtype)
-    b = t.block
-    _scatter(b.indptr, b.indices, b.data, t.colptr, 0, t.nnz, rows, vals)
-    return GroupBlock(t.colptr, rows, vals, block.n_rows)
+    return to_group(block).group
 
 
 @numba.njit(cache=True, inline="always")
@@ -206,14 +233,6 @@ def _index_stats(index, values, out_nnz, out_f):  # pragma: no cover - compiled
         out_f[i, 3] = _max(out_f[i, 3], v)
 
 
-def empty_stats(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Accumulators for :func:`gene_stats`/:func:`cell_stats`: nnz and (sum, sumsq, min, max)."""
-    f = np.zeros((n, 4), dtype=np.float64)
-    f[:, 2] = np.inf
-    f[:, 3] = -np.inf
-    return np.zeros(n, dtype=np.int64), f
-
-
 def gene_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene statistics of the stored values of one group (zeros not folded in)."""
     nnz, f = empty_stats(len(g.colptr) - 1)
@@ -226,31 +245,3 @@ def cell_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
     nnz, f = empty_stats(g.n_rows)
     _index_stats(g.indices, g.data, nnz, f)
     return nnz, f
-
-
-def merge_stats(
-    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Combine two partial statistics of the same genes (or cells)."""
-    nnz = a[0] + b[0]
-    f = a[1].copy()
-    f[:, :2] += b[1][:, :2]
-    f[:, 2] = np.minimum(a[1][:, 2], b[1][:, 2])  # NaN propagates, like numpy's min
-    f[:, 3] = np.maximum(a[1][:, 3], b[1][:, 3])
-    return nnz, f
-
-
-def finish_stats(nnz: np.ndarray, f: np.ndarray, n_total: int) -> dict[str, np.ndarray]:
-    """Fold the implicit zeros into min/max: statistics over all ``n_total`` entries.
-
-    Returns arrays named as :data:`scdask.format.STATS`. min and max are NaN where
-    ``n_total`` is 0.
-    """
-    has_zero = nnz < n_total
-    mn = np.where(has_zero, np.minimum(f[:, 2], 0.0), f[:, 2])
-    mx = np.where(has_zero, np.maximum(f[:, 3], 0.0), f[:, 3])
-    if n_total == 0:
-        mn = np.full_like(mn, np.nan)
-        mx = np.full_like(mx, np.nan)
-    out = dict(zip(STATS, (nnz, f[:, 0], f[:, 1], mn, mx), strict=True))
-    return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from scdask.format import FormatError
+from scdask.format import Codecs, FormatError
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace the destination if it exists.")
 row_group_size = click.option(
@@ -21,6 +21,10 @@ workers = click.option(
 )
 memory_budget = click.option(
     "--memory-budget", default="2GB", show_default=True, help="Memory all workers may use together."
+)
+narrow = click.option(
+    "--narrow/--no-narrow", default=True, show_default=True,
+    help="Store integer counts as uint16 when lossless (checked for every row group).",
 )
 progress = click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
 scheduler = click.option(
@@ -78,10 +82,11 @@ def synth(out: str, n_cells: int, n_genes: int, seed: int, compression: str) -> 
 @memory_budget
 @scheduler
 @overwrite
+@narrow
 @progress
 def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
             workers: int | None, memory_budget: str, scheduler: str | None, overwrite: bool,
-            progress: bool | None) -> None:
+            narrow: bool, progress: bool | None) -> None:
     """Convert SRC (.h5ad) into the scdask store DST; rerun to resume an interrupted one."""
     import scdask
 
@@ -92,7 +97,7 @@ def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | No
 
             executor = Client(scheduler)
         scdask.convert(src, dst, workers=workers, executor=executor, memory_budget=memory_budget,
-                       overwrite=overwrite, progress=progress,
+                       overwrite=overwrite, progress=progress, codecs=Codecs(narrow=narrow),
                        **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
     except (FormatError, FileExistsError, FileNotFoundError, MemoryError, OSError) as e:
         _fail(e)
@@ -105,13 +110,14 @@ def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | No
 @row_group_size
 @chunk_size
 @overwrite
+@narrow
 def convert_init(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
-                 overwrite: bool) -> None:
+                 overwrite: bool, narrow: bool) -> None:
     """Plan a conversion and print the number of partitions (for an HPC job array)."""
     from scdask.convert import convert_init as _init
 
     try:
-        plan = _init(src, dst, overwrite=overwrite,
+        plan = _init(src, dst, overwrite=overwrite, codecs=Codecs(narrow=narrow),
                      **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
     except (FormatError, FileExistsError, FileNotFoundError, OSError) as e:
         _fail(e)

@@ -12,6 +12,8 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
+
 # scdask stores use numcodecs' delta filter (see docs/FORMAT.md) and keep Parquet files
 # beside the Zarr nodes; zarr-python warns about both on every open.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
@@ -61,6 +63,18 @@ class FormatError(ValueError):
     """A store or source does not have the structure scdask expects."""
 
 
+def narrow_dtype(dtype: np.dtype | str) -> str:
+    """The stored dtype for values of ``dtype`` when they are integer counts up to 65,535."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fiu" and dtype.itemsize > 2:
+        return np.dtype(np.uint16).str
+    return dtype.str
+
+
+class LossyDtypeError(FormatError):
+    """Values cannot be stored in the narrower dtype chosen for them without loss."""
+
+
 class FormatVersionError(FormatError):
     """A store was written by a newer scdask than this one."""
 
@@ -91,6 +105,8 @@ class Codecs:
     cname: str = "zstd"
     clevel: int = 1
     delta_indices: bool = True
+    #: store integer counts held in a wider dtype (float32, int32, ...) as uint16 when lossless
+    narrow: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,7 +128,10 @@ class MatrixPlan:
     n_obs, n_vars
         Shape of the matrix.
     dtype
-        Value dtype, as in the source (kept exactly).
+        Value dtype, as in the source: what readers return.
+    stored_dtype
+        Dtype of ``data`` on disk: ``dtype``, or ``uint16`` when the values are
+        integer counts (checked losslessly for every row group at conversion).
     source_format
         ``csr``, ``csc`` or ``dense``, as found in the source.
     var
@@ -126,6 +145,16 @@ class MatrixPlan:
     dtype: str
     source_format: str
     var: str
+    stored_dtype: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.stored_dtype:
+            object.__setattr__(self, "stored_dtype", self.dtype)
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether values are stored in a narrower dtype than the source's."""
+        return self.stored_dtype != self.dtype
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

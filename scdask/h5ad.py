@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from scdask.format import INDEX_COLUMN, FormatError
+from scdask.format import INDEX_COLUMN, FormatError, LossyDtypeError
 from scdask.sources import CSRBlock, MatrixInfo
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported only where frames are read
@@ -178,17 +178,44 @@ class H5ADSource:
         points = np.asarray(indptr[np.asarray(boundaries, dtype=np.int64)], dtype=np.int64)
         return np.diff(points)
 
-    def read_rows(self, name: str, start: int, stop: int) -> CSRBlock:
+    def sample_values(self, name: str, n: int = 1 << 16) -> np.ndarray:
+        """The first ``n`` stored values of a sparse matrix (empty for a dense one)."""
+        info = self._matrices[name]
+        if info.format == "dense":
+            return np.zeros(0, info.dtype)
+        data = self.file[name]["data"]
+        return np.asarray(data[: min(n, data.shape[0])])
+
+    def read_rows(
+        self, name: str, start: int, stop: int, value_dtype: np.dtype | str | None = None
+    ) -> CSRBlock:
+        """Rows ``start:stop`` of matrix ``name`` as CSR, in its stored order.
+
+        Column indices come as uint16 when the matrix has at most 65,536 columns.
+        With ``value_dtype``, values are cast to it, checked to be exact
+        (:class:`~scdask.format.LossyDtypeError` otherwise); a CSR slab is read in
+        pieces and narrowed as it goes, so the wide copy never exists whole.
+        """
         info = self._matrices[name]
         elem = self.file[name]
+        vd = np.dtype(value_dtype) if value_dtype is not None else None
         try:
             if info.format == "csr":
-                return _read_csr_rows(elem, start, stop, info.n_vars)
+                return _read_csr_rows(elem, start, stop, info.n_vars, vd)
             if info.format == "csc":
-                return _read_csc_rows(elem, start, stop, info.n_vars)
-            return _read_dense_rows(elem, start, stop)
+                block = _read_csc_rows(elem, start, stop, info.n_vars)
+            else:
+                block = _read_dense_rows(elem, start, stop)
+            return CSRBlock(
+                block.indptr,
+                _cast_indices(block.indices, info.n_vars, 0),
+                block.data if vd is None else _cast_exact(block.data, vd, 0),
+                block.n_cols,
+            )
+        except LossyDtypeError as e:
+            raise LossyDtypeError(f"{self.path}: {name}: rows {start}:{stop}: {e}") from None
         except FormatError as e:
-            raise self._error(name, str(e)) from None
+            raise self._error(name, f"rows {start}:{stop}: {e}") from None
         except OSError as e:
             raise self._error(name, f"rows {start}:{stop} could not be read ({e})") from e
 
@@ -296,16 +323,66 @@ def _open_h5(path: str) -> h5py.File:
         raise FormatError(f"{path}: cannot be opened as HDF5, it may be truncated ({e})") from e
 
 
-def _read_csr_rows(elem: h5py.Group, start: int, stop: int, n_cols: int) -> CSRBlock:
+def _read_csr_rows(
+    elem: h5py.Group, start: int, stop: int, n_cols: int, value_dtype: np.dtype | None = None
+) -> CSRBlock:
     indptr = np.asarray(elem["indptr"][start : stop + 1], dtype=np.int64)
     lo, hi = int(indptr[0]), int(indptr[-1])
     if np.any(np.diff(indptr) < 0) or lo < 0 or hi > elem["indices"].shape[0]:
         raise FormatError(
             f"indptr[{start}:{stop + 1}] is not non-decreasing within 0..{elem['indices'].shape[0]}"
         )
-    indices = elem["indices"][lo:hi]
-    data = elem["data"][lo:hi]
+    indices = _read_cast(elem["indices"], lo, hi, lambda a, at: _cast_indices(a, n_cols, at))
+    if value_dtype is None:
+        data = elem["data"][lo:hi]
+    else:
+        data = _read_cast(elem["data"], lo, hi, lambda a, at: _cast_exact(a, value_dtype, at))
     return CSRBlock(indptr - lo, indices, data, n_cols)
+
+
+def _read_cast(dset: h5py.Dataset, lo: int, hi: int, cast: Any) -> np.ndarray:
+    """``cast(dset[lo:hi])``, read in pieces aligned to the dataset's chunks."""
+    step = dset.chunks[0] if dset.chunks else 1 << 20
+    step *= max(1, (1 << 20) // step)
+    out = None
+    a = lo
+    while a < hi:
+        b = min(hi, (a // step + 1) * step)
+        piece = cast(dset[a:b], a - lo)
+        if out is None:
+            out = np.empty(hi - lo, dtype=piece.dtype)
+        out[a - lo : b - lo] = piece
+        a = b
+    return out if out is not None else cast(dset[lo:lo], 0)
+
+
+def _cast_indices(indices: np.ndarray, n_cols: int, at: int) -> np.ndarray:
+    """Column indices as uint16 when every column fits, after checking their range."""
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        k = int(np.flatnonzero((indices < 0) | (indices >= n_cols))[0])
+        raise FormatError(
+            f"column index {int(indices[k])} at entry {at + k} of the slab is outside "
+            f"0..{n_cols - 1}"
+        )
+    if n_cols <= 1 << 16 and indices.dtype != np.uint16:
+        return indices.astype(np.uint16)
+    return indices
+
+
+def _cast_exact(values: np.ndarray, dtype: np.dtype, at: int) -> np.ndarray:
+    """``values`` as ``dtype``, refusing any value that does not survive the cast."""
+    if values.dtype == dtype:
+        return values
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = values.astype(dtype)
+        bad = out != values
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise LossyDtypeError(
+            f"value {values[k]!r} at entry {at + k} of the slab cannot be stored as {dtype} "
+            "(counts are narrowed only when lossless)"
+        )
+    return out
 
 
 def _read_dense_rows(elem: h5py.Dataset, start: int, stop: int) -> CSRBlock:

@@ -93,9 +93,9 @@ def run(
                     results[i] = future.result()
                 except cf.process.BrokenProcessPool as e:
                     raise MemoryError(
-                        f"a worker process died while running {desc} {i}; most often it ran out "
-                        "of memory: use fewer workers, a smaller row_group_size, or a larger "
-                        "memory_budget"
+                        f"a worker process died while running {desc} {i} (its error output, "
+                        "above, tells why); most often it ran out of memory: use fewer workers, "
+                        "a smaller row_group_size, or a larger memory_budget"
                     ) from e
                 bar.update(1)
     except BaseException:

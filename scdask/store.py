@@ -122,7 +122,9 @@ class Store:
         """Row group ``group`` of matrix ``name``, every gene."""
         cp = np.asarray(self.array(f"{name}/{COLPTR}")[group], dtype=np.int64)
         nnz = int(cp[-1])
-        data = self.array(f"{name}/{DATA}")[group, :nnz] if nnz else np.zeros(0, self.dtype(name))
+        dtype = self.dtype(name)
+        data = self.array(f"{name}/{DATA}")[group, :nnz] if nnz else np.zeros(0, dtype)
+        data = data.astype(dtype, copy=False)  # values may be stored narrower (uint16 counts)
         if with_indices and nnz:
             indices = self.array(f"{name}/{INDICES}")[group, :nnz]
         else:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scdask import blocks
+from scdask import blocks, stats
 from scdask.format import STATS
 from scdask.store import Store
 
@@ -83,7 +83,7 @@ def verify(
     for name, info in st.matrices.items():
         n_vars = info["shape"][1]
         total = 0
-        acc = blocks.empty_stats(n_vars)
+        acc = stats.empty_stats(n_vars)
         for g in range(st.n_groups):
             if len(report.problems) >= max_problems:
                 return report
@@ -96,9 +96,9 @@ def verify(
             if block.nnz and block.indices.max(initial=0) >= block.n_rows:
                 report.problems.append(f"{where}: a cell index is >= the {block.n_rows} cells of the group")
             total += block.nnz
-            acc = blocks.merge_stats(acc, blocks.gene_stats(block))
+            stats.merge_into(acc, blocks.gene_stats(block))
             start, stop = st.group_rows(g)
-            cells = blocks.finish_stats(*blocks.cell_stats(block), n_vars)
+            cells = stats.finish_stats(*blocks.cell_stats(block), n_vars)
             for stat in STATS:
                 stored = st.array(f"{name}/cell_{stat}")[start:stop]
                 if not _close(stored, cells[stat]):
@@ -110,7 +110,7 @@ def verify(
                         report.problems.append(f"{where}: {part} differs from the source")
         if total != info["nnz"]:
             report.problems.append(f"{st.url}: {name}: {total} non-zeros stored, attrs say {info['nnz']}")
-        genes = blocks.finish_stats(*acc, st.n_obs)
+        genes = stats.finish_stats(*acc, st.n_obs)
         for stat in STATS:
             if not _close(st.stat(name, "gene", stat), genes[stat]):
                 report.problems.append(f"{st.url}: {name}: gene_{stat} disagrees with the values")

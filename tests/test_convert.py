@@ -238,3 +238,40 @@ def test_kill_during_conversion_then_resume(tmp_path):
         Store(dst)
     scdask.convert(src, dst, row_group_size=256, chunk_size=4096, workers=0)
     assert verify(dst, against=src).ok
+
+
+def test_counts_stored_as_uint16_and_read_back_exactly(tiny_plate, tiny_store):
+    st = Store(tiny_store)
+    assert st.matrix("X")["dtype"] == "<f4" and st.matrix("X")["stored_dtype"] == "<u2"
+    assert st.array("X/data").dtype == np.uint16
+    assert st.read_group("X", 0).data.dtype == np.float32
+
+
+@pytest.mark.parametrize("value", [0.5, 70000.0, -1.0, np.nan])
+def test_values_that_are_not_counts_fall_back_to_the_source_dtype(tmp_path, value):
+    # The first rows look like counts, so the plan narrows; a later row group does not fit.
+    rng = np.random.default_rng(3)
+    X = sp.random(3000, 500, density=0.1, format="csr", dtype=np.float32, random_state=rng)
+    X.data[:] = rng.integers(1, 20, X.nnz)
+    X.data[-1] = value
+    src = tmp_path / "mixed.h5ad"
+    _write_h5ad(src, X)
+    dst = tmp_path / "mixed.zarr"
+    with pytest.warns(UserWarning, match="storing values in the source dtype"):
+        scdask.convert(src, dst, row_group_size=1024, workers=0)
+    st = Store(dst)
+    assert st.matrix("X")["stored_dtype"] == "<f4"
+    assert_store_matches_anndata(st, anndata.read_h5ad(src))
+    # A partition run on its own (a job array) fails loudly instead of narrowing lossily.
+    other = tmp_path / "jobs.zarr"
+    convert_init(src, other, row_group_size=1024)
+    with pytest.raises(FormatError, match=r"rows 2048:3000.*--no-narrow"):
+        convert_partition(other, 2)
+
+
+def test_normalised_values_are_not_narrowed(tmp_path):
+    X = sp.random(100, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    src = tmp_path / "norm.h5ad"
+    _write_h5ad(src, X)
+    scdask.convert(src, tmp_path / "norm.zarr", workers=0)
+    assert Store(tmp_path / "norm.zarr").matrix("X")["stored_dtype"] == "<f4"
