@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from scdask.backend import open  # noqa: E402, A004
 from scdask.convert import convert  # noqa: E402
 
-__all__ = ["__version__", "convert"]
+__all__ = ["__version__", "convert", "open"]

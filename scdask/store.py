@@ -132,6 +132,58 @@ class Store:
         start, stop = self.group_rows(group)
         return GroupBlock(cp, indices, data, stop - start)
 
+    def read_genes(
+        self, name: str, group: int, genes: np.ndarray | None = None, with_indices: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The stored entries of some genes in one row group, reading only their bytes.
+
+        Parameters
+        ----------
+        name
+            Matrix, e.g. ``X``.
+        group
+            Row group.
+        genes
+            Sorted, unique gene positions; ``None`` for every gene.
+        with_indices
+            Also read the cell indices (not needed for per-gene statistics over all cells).
+
+        Returns
+        -------
+        starts, ends, values, cells
+            Gene ``genes[j]``'s entries are ``values[starts[j]:ends[j]]`` (stored dtype)
+            in cells ``cells[starts[j]:ends[j]]`` (uint16, local to the group; empty
+            when ``with_indices`` is false). A contiguous run of genes is one read;
+            other selections read each gene's range of the chunks that hold it.
+        """
+        data, idx = self.array(f"{name}/{DATA}"), self.array(f"{name}/{INDICES}")
+        cpa = self.array(f"{name}/{COLPTR}")
+        if genes is None:
+            cp = np.asarray(cpa[group], dtype=np.int64)
+            a, b = cp[:-1], cp[1:]
+        else:
+            genes = np.asarray(genes, dtype=np.int64)
+            cols = np.union1d(genes, genes + 1)
+            cp = np.asarray(cpa.get_orthogonal_selection((group, cols)), dtype=np.int64)
+            a, b = cp[np.searchsorted(cols, genes)], cp[np.searchsorted(cols, genes + 1)]
+        lengths = b - a
+        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        empty_rows = np.zeros(0, np.uint16)
+        if total == 0:
+            return starts, ends, np.zeros(0, data.dtype), empty_rows
+        lo, hi = int(a[0]), int(b[-1])
+        if hi - lo == total:  # one contiguous byte range (a gene range, or all genes)
+            vals = data[group, lo:hi]
+            rows = idx[group, lo:hi] if with_indices else empty_rows
+        else:
+            keep = lengths > 0
+            pos = np.repeat(a[keep] - starts[keep], lengths[keep]) + np.arange(total)
+            vals = data.get_orthogonal_selection((group, pos))
+            rows = idx.get_orthogonal_selection((group, pos)) if with_indices else empty_rows
+        return starts, ends, vals, rows
+
     def dtype(self, name: str = "X") -> np.dtype:
         return np.dtype(self.matrix(name)["dtype"])
 

@@ -1,0 +1,339 @@
+"""``scdask.open``: one or many stores as a lazy xarray Dataset, and the xarray backend.
+
+The Dataset has dimensions ``cell`` and ``gene`` (and ``raw_gene`` when raw is
+present). ``X``, each layer and ``raw`` are :class:`~scdask.lazy.ScdaskArray`
+Dask arrays. ``gene`` is indexed by the gene names; var columns and the per-gene
+statistics stored at conversion are coordinates along ``gene`` (small, read at
+open). obs columns, the cell names (``obs_names``) and the per-cell statistics
+are Dask-backed coordinates along ``cell``, one chunk per row group, read only
+when used: opening reads no per-cell data and builds no per-cell index.
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import functools
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core.indexes import PandasIndex
+from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
+
+from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
+from scdask.lazy import Base, Part, ScdaskArray
+from scdask.store import Store
+
+
+class GeneIndex(PandasIndex):
+    """The gene-name index: a pandas index whose misses suggest close gene names."""
+
+    def sel(self, labels: dict[Any, Any], method: Any = None, tolerance: Any = None) -> Any:
+        try:
+            return super().sel(labels, method=method, tolerance=tolerance)
+        except KeyError as e:
+            (label,) = labels.values()
+            wanted = [label] if np.ndim(label) == 0 else list(np.asarray(label).ravel())
+            missing = [x for x in wanted if x not in self.index]
+            if not missing:
+                raise
+            raise KeyError(_unknown_gene(missing[0], self.index, self.dim)) from e
+
+
+def _unknown_gene(label: Any, index: pd.Index, dim: str) -> str:
+    names = index.astype(str)
+    s = str(label)
+    close = list(names[names.str.lower() == s.lower()][:3])
+    if not close:
+        pool = names[names.str[:2].str.lower() == s[:2].lower()] if len(s) >= 2 else names
+        close = difflib.get_close_matches(s, list(pool), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"{label!r} is not a {dim} of this dataset ({len(index)} names){hint}"
+
+
+def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(paths, str | os.PathLike):
+        p = os.fspath(paths)
+        if glob.has_magic(p) and "://" not in p:
+            found = sorted(glob.glob(p))
+            if not found:
+                raise FileNotFoundError(f"{p}: no store matches this pattern")
+            return found
+        return [p]
+    out = [os.fspath(p) for p in paths]
+    if not out:
+        raise ValueError("no stores given")
+    return out
+
+
+def _gene_maps(stores: Sequence[Store], name: str, join: str) -> tuple[pd.DataFrame, list[Any]]:
+    """The dataset's var and, per store, its gene positions for the dataset's genes."""
+    var0 = stores[0].var(name)
+    names = var0.index
+    maps: list[Any] = [None]
+    others = [st.var(name).index for st in stores[1:]]
+    if join == "inner":
+        for idx in others:
+            names = names[names.isin(idx)]
+        var0 = var0.loc[names] if len(names) != len(var0) else var0
+        maps = [None if len(names) == len(stores[0].var(name)) else
+                stores[0].var(name).index.get_indexer(names)]
+    elif join != "exact":
+        raise ValueError(f"join must be 'exact' or 'inner', not {join!r}")
+    for st, idx in zip(stores[1:], others, strict=True):
+        if idx.equals(names):
+            maps.append(None)
+            continue
+        if not idx.is_unique or not names.is_unique:
+            raise ValueError(f"{st.url}: {name} genes differ from {stores[0].url}'s and names "
+                             "repeat, so they cannot be aligned")
+        pos = idx.get_indexer(names)
+        if (pos < 0).any() or (join == "exact" and len(idx) != len(names)):
+            extra = len(idx.difference(names))
+            raise ValueError(
+                f"{st.url}: its {len(idx)} genes ({name}) are not those of {stores[0].url} "
+                f"({(pos < 0).sum()} missing, {extra} extra); open with join='inner' to keep "
+                "the genes all stores share"
+            )
+        maps.append(pos)
+    return var0, maps
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM":
+        return dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _numpy_dtype(dtype.categories.dtype) if dtype.categories.dtype != object else np.dtype(object)
+    if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+        return np.dtype(np.float64)  # nullable numbers: NaN for missing
+    return np.dtype(object)
+
+
+def _to_numpy(values: pd.Series | pd.Index, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.float64 and not isinstance(values.dtype, np.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(values.to_numpy(), dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _parquet(url: str, options: str, uuid: str | None, relpath: str) -> Any:
+    import pyarrow.parquet as pq
+
+    from scdask.store import open_store
+
+    st = open_store(url, options, uuid)
+    return pq.ParquetFile(st.loc.open(relpath, "rb"))
+
+
+def read_obs_chunk(store: Store, group: int, column: str, dtype: np.dtype) -> np.ndarray:
+    """One row group of one obs column (a task of the lazy coordinates)."""
+    from scdask.store import _options_key
+
+    pf = _parquet(store.url, _options_key(store.storage_options), store.attrs.get("uuid"), OBS_FILE)
+    if pf.metadata.num_row_groups != store.n_groups:
+        raise FormatError(f"{store.url}: {OBS_FILE} has {pf.metadata.num_row_groups} row groups, "
+                          f"the matrix {store.n_groups}")
+    s = pf.read_row_group(group, columns=[column]).column(0).to_pandas()
+    return _to_numpy(s, dtype)
+
+
+def read_stat_chunk(store: Store, group: int, path: str) -> np.ndarray:
+    a, b = store.group_rows(group)
+    return np.asarray(store.array(path)[a:b])
+
+
+class CellColumn(BackendArray):
+    """A per-cell column of all stores, read (by row group) only when indexed.
+
+    xarray wraps it lazily: ``ds.drug`` costs nothing until used, then reads the
+    row groups that the selection needs, so ``ds.where(ds.drug == "DMSO_TF",
+    drop=True)`` works without computing anything by hand.
+    """
+
+    def __init__(self, stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: np.dtype):
+        self.stores = list(stores)
+        self.fn = fn
+        self.args = args
+        self.dtype = np.dtype(dtype)
+        self.offsets = np.cumsum([0] + [st.n_obs for st in self.stores])
+        self.shape = (int(self.offsets[-1]),)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return explicit_indexing_adapter(key, self.shape, IndexingSupport.BASIC, self._read)
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        (k,) = key
+        if isinstance(k, int | np.integer):
+            return self._range(int(k), int(k) + 1)[0]
+        start, stop, step = k.indices(self.shape[0])
+        if step < 0:
+            return self._range(0, self.shape[0])[k]
+        return self._range(start, stop)[::step]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        pieces = [np.zeros(0, self.dtype)]
+        for st, off in zip(self.stores, self.offsets[:-1], strict=True):
+            a, b = max(start - off, 0), min(stop - off, st.n_obs)
+            if a >= b:
+                continue
+            R = st.row_group_size
+            for g in range(a // R, (b - 1) // R + 1):
+                lo, _ = st.group_rows(g)
+                chunk = self.fn(st, g, *self.args)
+                pieces.append(chunk[max(a - lo, 0) : b - lo])
+        return np.concatenate(pieces).astype(self.dtype, copy=False)
+
+
+def _lazy_cells(stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: np.dtype) -> Any:
+    return LazilyIndexedArray(CellColumn(stores, fn, args, dtype))
+
+
+def _obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
+    from scdask.metadata import frame_schema
+
+    schemas = [frame_schema(st.loc, OBS_FILE) for st in stores]
+    names = [n for n in schemas[0].names if all(n in s.names for s in schemas[1:])]
+    empty = schemas[0].empty_table().to_pandas()
+    coords: dict[str, Any] = {}
+    for col in names:
+        dtype = _numpy_dtype(empty[col].dtype)
+        target = "obs_names" if col == INDEX_COLUMN else col
+        coords[target] = ("cell", _lazy_cells(stores, read_obs_chunk, (col, dtype), dtype))
+    return coords
+
+
+def _gene_stats(stores: Sequence[Store], name: str, maps: list[Any], n: int) -> dict[str, Any]:
+    acc: dict[str, np.ndarray] = {}
+    for st, m in zip(stores, maps, strict=True):
+        for stat in STATS:
+            v = np.asarray(st.array(f"{name}/gene_{stat}")[:])
+            v = v if m is None else v[m]
+            if stat not in acc:
+                acc[stat] = v
+            elif stat == "min":
+                acc[stat] = np.minimum(acc[stat], v)
+            elif stat == "max":
+                acc[stat] = np.maximum(acc[stat], v)
+            else:
+                acc[stat] = acc[stat] + v
+    return {f"gene_{s}": v for s, v in acc.items()} if n else {}
+
+
+def _matrix(stores: Sequence[Store], name: str, maps: list[Any], n_genes: int) -> ScdaskArray:
+    dtypes = {st.dtype(name) for st in stores}
+    dtype = np.result_type(*dtypes)
+    parts, offset = [], 0
+    for st, m in zip(stores, maps, strict=True):
+        parts.append(Part(st, name, m, offset))
+        offset += st.n_obs
+    return ScdaskArray.from_base(Base(tuple(parts), n_genes, dtype))
+
+
+def _var_coords(var: pd.DataFrame, dim: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in var.columns:
+        if col == dim:
+            continue
+        out[col] = (dim, _to_numpy(var[col], _numpy_dtype(var[col].dtype)))
+    return out
+
+
+def open(  # noqa: A001 - the name users expect: scdask.open
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    join: str = "exact",
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """Open scdask stores as one lazy xarray Dataset, cells concatenated in order.
+
+    Parameters
+    ----------
+    paths
+        A store path or URL, a glob pattern (``"atlas/plate*.zarr"``), or a list.
+    join
+        ``"exact"`` (default): every store must have the same genes (in any order:
+        they are aligned by name). ``"inner"``: keep the genes all stores share.
+    storage_options
+        fsspec options for remote stores.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy: nothing per cell is read until used.
+
+    Examples
+    --------
+    >>> ds = scdask.open("plate7.zarr")  # doctest: +SKIP
+    >>> ds.X.sel(gene="C1orf112").mean().compute()  # doctest: +SKIP
+    """
+    urls = _expand(paths)
+    stores = [Store(u, storage_options) for u in urls]
+    names = set(stores[0].matrices)
+    for st in stores[1:]:
+        if set(st.matrices) != names:
+            raise ValueError(f"{st.url}: has matrices {sorted(st.matrices)}, "
+                             f"{stores[0].url} has {sorted(names)}")
+    var, maps = _gene_maps(stores, "X", join) if "X" in names else (pd.DataFrame(), [])
+    index = GeneIndex(pd.Index(var.index, name="gene"), "gene")
+    coords = xr.Coordinates(index.create_variables(), {"gene": index})
+    data_vars: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if "X" in names:
+        data_vars["X"] = (("cell", "gene"), _matrix(stores, "X", maps, len(var)))
+        extra.update(_var_coords(var, "gene"))
+        extra.update({k: ("gene", v) for k, v in _gene_stats(stores, "X", maps, len(var)).items()})
+        for stat in STATS:
+            extra[f"cell_{stat}"] = ("cell", _lazy_cells(
+                stores, read_stat_chunk, (f"X/cell_{stat}",),
+                np.dtype(np.int64 if stat == "nnz" else np.float64)))
+    for name in sorted(names - {"X", "raw/X"}):
+        data_vars[name.split("/", 1)[1]] = (("cell", "gene"), _matrix(stores, name, maps, len(var)))
+    if "raw/X" in names:
+        rvar, rmaps = _gene_maps(stores, "raw/X", join)
+        rindex = GeneIndex(pd.Index(rvar.index, name="raw_gene"), "raw_gene")
+        coords = coords.merge(xr.Coordinates(rindex.create_variables(), {"raw_gene": rindex}))
+        data_vars["raw"] = (("cell", "raw_gene"), _matrix(stores, "raw/X", rmaps, len(rvar)))
+        extra.update({f"raw_{k}": v for k, v in _var_coords(rvar, "raw_gene").items()})
+    extra.update(_obs_coords(stores))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds = ds.assign_coords(extra)
+    ds.attrs["scdask_stores"] = [st.url for st in stores]
+    return ds
+
+
+class ScdaskBackendEntrypoint(BackendEntrypoint):
+    """``xr.open_dataset(path, engine="scdask")``."""
+
+    description = "Open scdask stores (chunked sparse single-cell matrices) lazily"
+    url = "https://github.com/scdask/scdask"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "join", "storage_options")
+
+    def open_dataset(self, filename_or_obj: Any, *, drop_variables: Any = None,
+                     join: str = "exact", storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+        ds = open(filename_or_obj, join=join, storage_options=storage_options)
+        if drop_variables:
+            ds = ds.drop_vars(drop_variables)
+        return ds
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        try:
+            p = os.fspath(filename_or_obj)
+        except TypeError:
+            return False
+        return os.path.isdir(p) and os.path.exists(os.path.join(p, "zarr.json")) and _is_scdask(p)
+
+
+def _is_scdask(path: str) -> bool:
+    import json
+
+    try:
+        with builtins.open(os.path.join(path, "zarr.json")) as f:
+            return "scdask" in json.load(f).get("attributes", {})
+    except (OSError, ValueError):
+        return False

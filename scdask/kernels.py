@@ -1,0 +1,211 @@
+"""Compiled reductions over the genes of one row group, as read from a store.
+
+Every kernel takes the same view of a row group: ``starts``/``ends`` delimit, in a
+buffer of values (``vals``, already transformed and float64) and local cell
+indices (``rows``), the stored entries of each requested gene — in any order,
+repeats allowed. The implicit entries (cells with no stored value for a gene)
+all hold the same value ``fill``: 0, or whatever the elementwise expression
+makes of 0.
+
+Partial results are ``(6, n)`` float64 arrays whose rows are named by
+:data:`PARTIAL`: the count of non-NaN values, their sum, the sum of squared
+deviations from their mean (so partials merge exactly with Chan's formula),
+min, max, and whether a NaN was seen.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+PARTIAL = ("n", "sum", "m2", "min", "max", "nan")
+N, SUM, M2, MIN, MAX, NAN = range(6)
+
+
+def empty_partial(n: int) -> np.ndarray:
+    """The partial of nothing: zero counts, ``min = +inf``, ``max = -inf``."""
+    out = np.zeros((6, n), dtype=np.float64)
+    out[MIN] = np.inf
+    out[MAX] = -np.inf
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma: no cover
+    """Per requested gene, over the cells of the group with ``cell_w == 1``.
+
+    ``cell_w`` is empty when every cell of the group counts (then ``rows`` is not
+    read and may be empty); ``n_sel`` is the number of cells that count.
+    """
+    use_w = cell_w.shape[0] > 0
+    fill_nan = fill != fill
+    for j in range(starts.shape[0]):
+        n = 0
+        s = 0.0
+        mn = np.inf
+        mx = -np.inf
+        nan = False
+        stored = 0
+        for k in range(starts[j], ends[j]):
+            if use_w and cell_w[rows[k]] != 1:
+                continue
+            stored += 1
+            v = vals[k]
+            if v != v:
+                nan = True
+                continue
+            n += 1
+            s += v
+            mn = min(mn, v)
+            mx = max(mx, v)
+        imp = n_sel - stored
+        if imp > 0:
+            if fill_nan:
+                nan = True
+            else:
+                n += imp
+                s += imp * fill
+                mn = min(mn, fill)
+                mx = max(mx, fill)
+        mean = s / n if n > 0 else 0.0
+        m2 = 0.0
+        for k in range(starts[j], ends[j]):
+            if use_w and cell_w[rows[k]] != 1:
+                continue
+            v = vals[k]
+            if v == v:
+                m2 += (v - mean) * (v - mean)
+        if imp > 0 and not fill_nan:
+            m2 += imp * (fill - mean) * (fill - mean)
+        out[N, j] = n
+        out[SUM, j] = s
+        out[M2, j] = m2
+        out[MIN, j] = mn
+        out[MAX, j] = mx
+        out[NAN, j] = 1.0 if nan else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - compiled
+    """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes."""
+    n_rows = out.shape[1]
+    n_genes = starts.shape[0]
+    stored = np.zeros(n_rows, dtype=np.int64)
+    fill_nan = fill != fill
+    out[:, :] = 0.0
+    for r in range(n_rows):
+        out[MIN, r] = np.inf
+        out[MAX, r] = -np.inf
+    for j in range(n_genes):
+        for k in range(starts[j], ends[j]):
+            r = rows[k]
+            stored[r] += 1
+            v = vals[k]
+            if v != v:
+                out[NAN, r] = 1.0
+                continue
+            out[N, r] += 1
+            out[SUM, r] += v
+            out[MIN, r] = min(out[MIN, r], v)
+            out[MAX, r] = max(out[MAX, r], v)
+    for r in range(n_rows):
+        imp = n_genes - stored[r]
+        if imp > 0:
+            if fill_nan:
+                out[NAN, r] = 1.0
+            else:
+                out[N, r] += imp
+                out[SUM, r] += imp * fill
+                out[MIN, r] = min(out[MIN, r], fill)
+                out[MAX, r] = max(out[MAX, r], fill)
+    for j in range(n_genes):
+        for k in range(starts[j], ends[j]):
+            r = rows[k]
+            v = vals[k]
+            if v == v:
+                d = v - out[SUM, r] / out[N, r]
+                out[M2, r] += d * d
+    if not fill_nan:
+        for r in range(n_rows):
+            imp = n_genes - stored[r]
+            if imp > 0:
+                d = fill - out[SUM, r] / out[N, r]
+                out[M2, r] += imp * d * d
+
+
+@numba.njit(cache=True, nogil=True)
+def label_sums(starts, ends, vals, rows, labels, n_labels):  # pragma: no cover - compiled
+    """Per (label, requested gene): sum, sum of squares and count of non-zero values.
+
+    ``labels[r]`` is the group of cell ``r`` of the row group, or -1 to leave it
+    out. Returns coordinate-format triples ``(label, gene, sum, sumsq, nnz)`` of
+    the pairs that have a non-zero value; NaN values are left out.
+    """
+    cap = 0
+    for j in range(starts.shape[0]):
+        cap += ends[j] - starts[j]
+    out_l = np.empty(cap, dtype=np.int64)
+    out_g = np.empty(cap, dtype=np.int64)
+    out_s = np.empty(cap, dtype=np.float64)
+    out_q = np.empty(cap, dtype=np.float64)
+    out_c = np.empty(cap, dtype=np.int64)
+    acc_s = np.zeros(n_labels, dtype=np.float64)
+    acc_q = np.zeros(n_labels, dtype=np.float64)
+    acc_c = np.zeros(n_labels, dtype=np.int64)
+    touched = np.empty(n_labels, dtype=np.int64)
+    m = 0
+    for j in range(starts.shape[0]):
+        t = 0
+        for k in range(starts[j], ends[j]):
+            lab = labels[rows[k]]
+            v = vals[k]
+            if lab < 0 or v != v or v == 0:
+                continue
+            if acc_c[lab] == 0:
+                touched[t] = lab
+                t += 1
+            acc_s[lab] += v
+            acc_q[lab] += v * v
+            acc_c[lab] += 1
+        for i in range(t):
+            lab = touched[i]
+            out_l[m] = lab
+            out_g[m] = j
+            out_s[m] = acc_s[lab]
+            out_q[m] = acc_q[lab]
+            out_c[m] = acc_c[lab]
+            m += 1
+            acc_s[lab] = 0.0
+            acc_q[lab] = 0.0
+            acc_c[lab] = 0
+    return out_l[:m], out_g[:m], out_s[:m], out_q[:m], out_c[:m]
+
+
+def merge_partials(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Combine two partials of the same elements (Chan et al.'s pairwise update)."""
+    out = np.empty_like(a)
+    na, nb = a[N], b[N]
+    n = na + nb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(nb > 0, b[SUM] / np.where(nb > 0, nb, 1), 0.0) - np.where(
+            na > 0, a[SUM] / np.where(na > 0, na, 1), 0.0
+        )
+        extra = np.where(n > 0, delta * delta * na * nb / np.where(n > 0, n, 1), 0.0)
+    out[N] = n
+    out[SUM] = a[SUM] + b[SUM]
+    out[M2] = a[M2] + b[M2] + extra
+    out[MIN] = np.minimum(a[MIN], b[MIN])
+    out[MAX] = np.maximum(a[MAX], b[MAX])
+    out[NAN] = np.maximum(a[NAN], b[NAN])
+    return out
+
+
+def fold_partials(p: np.ndarray) -> np.ndarray:
+    """Merge the partials of all elements of ``p`` (shape ``(6, n)``) into one, ``(6, 1)``."""
+    if p.shape[1] == 0:
+        return empty_partial(1)
+    while p.shape[1] > 1:
+        half = p.shape[1] // 2
+        merged = merge_partials(p[:, :half], p[:, half : 2 * half])
+        p = np.concatenate([merged, p[:, 2 * half :]], axis=1) if p.shape[1] % 2 else merged
+    return p
