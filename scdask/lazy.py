@@ -751,11 +751,12 @@ def _cell_reduction(x: ScdaskArray, op: str, skipna: bool, ddof: int, integer: b
     unique, inverse = b.gene_index
     fill = x._expr.fill(b.dtype)
     mval = _masked_value(x)
-    name = f"cell-{op}-" + tokenize(b.token, x._expr, op, skipna, ddof)
+    token = tokenize(b.token, x._expr, op, skipna, ddof)
+    name, pname = f"cell-{op}-{token}", f"cell-{op}-partial-{token}"
     masks, deps = b.mask_blocks()
     layer: dict[Any, Any] = {}
     for i, sel in enumerate(b.groups):
-        part_key = (name + "-partial", i)
+        part_key = (pname, i)
         layer[part_key] = (cell_partial, sel, unique, inverse, x._expr, fill, mval, masks[i])
         layer[(name, i)] = (_finish_cells, part_key, op, skipna, ddof, integer)
     counts = tuple(g.count for g in b.groups)
@@ -776,23 +777,25 @@ def _gene_reduction(x: ScdaskArray, op: str, skipna: bool, ddof: int, integer: b
     n_unique = b.n_genes if unique is None else len(unique)
     fill = x._expr.fill(b.dtype)
     mval = _masked_value(x)
-    name = f"gene-{op}-" + tokenize(b.token, x._expr, op, skipna, ddof, scalar)
+    token = tokenize(b.token, x._expr, op, skipna, ddof, scalar)
+    name, pname, cname = (f"gene-{op}-{token}", f"gene-{op}-partial-{token}",
+                          f"gene-{op}-combine-{token}")
     masks, deps = b.mask_blocks()
     layer: dict[Any, Any] = {}
     keys: list[Any] = []
     for i, sel in enumerate(b.groups):
-        k = (name + "-partial", i)
+        k = (pname, i)
         layer[k] = (gene_partial, sel, unique, n_unique, x._expr, fill, mval, masks[i])
         keys.append(k)
     if not keys:
-        k = (name + "-partial", 0)
+        k = (pname, 0)
         layer[k] = (kernels.empty_partial, n_unique)
         keys = [k]
     level = 0
     while len(keys) > 1:  # a tree of merges, 8 at a time
         nxt = []
         for j in range(0, len(keys), 8):
-            k = (name + "-combine", level, j // 8)
+            k = (cname, level, j // 8)
             layer[k] = (_merge, *keys[j : j + 8])
             nxt.append(k)
         keys, level = nxt, level + 1

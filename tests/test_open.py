@@ -1,0 +1,350 @@
+"""scdask.open: reductions, selections, masks, group-by and materialisation against numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import xarray as xr
+
+import scdask
+from scdask.format import FormatError
+from scdask.lazy import ScdaskArray
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+
+OPS = ["sum", "mean", "var", "std", "min", "max"]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_plate):
+    a = anndata.read_h5ad(tiny_plate)
+    return a, a.X.toarray().astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def ds(tiny_store):
+    return scdask.open(tiny_store)
+
+
+def close(got, want):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=1e-9, atol=1e-12,
+                               equal_nan=True)
+
+
+def test_dataset_layout(ds, ref):
+    a, X = ref
+    assert ds.sizes == {"cell": a.n_obs, "gene": a.n_vars}
+    assert isinstance(ds.X.data, ScdaskArray)
+    assert type(ds.X.data._meta).__name__ == "COO"
+    assert list(ds.indexes) == ["gene"]  # no per-cell index is built
+    assert (ds.gene.values == a.var_names.values).all()
+    for col in a.obs.columns:
+        assert col in ds.coords and ds[col].dims == ("cell",)
+    assert (ds.obs_names.values == a.obs_names.values).all()
+    assert (ds.drug.values == a.obs.drug.astype(str).values).all()
+    close(ds.cell_sum.values, X.sum(1))
+    close(ds.gene_nnz.values, (X != 0).sum(0))
+
+
+def test_opening_reads_no_cell_data(tiny_store, monkeypatch):
+    calls = []
+    import scdask.backend as backend
+
+    monkeypatch.setattr(backend, "read_obs_chunk", lambda *a: calls.append(a))
+    d = scdask.open(tiny_store)
+    d.X.sel(gene="C1orf112").mean().compute()
+    assert calls == []
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dim", ["cell", "gene", None])
+def test_reductions_match_numpy(ds, ref, op, dim):
+    _, X = ref
+    axis = {"cell": 0, "gene": 1, None: None}[dim]
+    got = getattr(ds.X, op)(dim).compute()
+    assert isinstance(got.data, np.ndarray) and got.dtype == np.float64
+    close(got.values, getattr(X, op)(axis))
+
+
+def test_headline_one_gene(ds, ref):
+    a, X = ref
+    g = ds.X.sel(gene="C1orf112")
+    j = list(a.var_names).index("C1orf112")
+    assert g.count().compute().item() == a.n_obs
+    close(g.max().compute().item(), X[:, j].max())
+    mean = g.mean().compute()
+    assert isinstance(mean.compute().item(), float)
+    close(mean.compute().item(), X[:, j].mean())
+
+
+def test_counts_and_nonzeros(ds, ref):
+    _, X = ref
+    assert ds.X.count("cell").values.tolist() == [X.shape[0]] * X.shape[1]
+    assert ds.X.count().compute().item() == X.size
+    assert ((ds.X != 0).sum("cell").values == (X != 0).sum(0)).all()
+    assert (np.count_nonzero(ds.X.data, axis=1).compute() == (X != 0).sum(1)).all()
+    assert (ds.X > 1).sum().dtype == np.int64
+
+
+def test_gene_selections(ds, ref):
+    a, X = ref
+    names = ["TNMD", "C1orf112", "TNMD", a.var_names[-1]]
+    pos = [list(a.var_names).index(n) for n in names]
+    sel = ds.X.sel(gene=names)
+    close(sel.mean("cell").values, X[:, pos].mean(0))
+    close(sel.var("gene").values, X[:, pos].var(1))
+    close(sel.sum().compute().item(), X[:, pos].sum())
+    close(ds.X.isel(gene=slice(100, 300)).max("cell").values, X[:, 100:300].max(0))
+    close(ds.X.isel(gene=slice(None, None, -7)).sum("gene").values, X[:, ::-7].sum(1))
+    assert ds.X.isel(gene=[]).sum("cell").shape == (0,)
+    close(ds.X.isel(gene=[]).sum("gene").values, np.zeros(X.shape[0]))
+
+
+def test_cell_selections(ds, ref):
+    _, X = ref
+    close(ds.X.isel(cell=slice(500, 2100, 3)).var("cell", ddof=1).values,
+          X[500:2100:3].var(0, ddof=1))
+    idx = np.array([0, 1, 1023, 1024, 2999])
+    close(ds.X.isel(cell=idx).mean("cell").values, X[idx].mean(0))
+    close(ds.X.isel(cell=idx, gene=slice(0, 50)).max("gene").values, X[idx, :50].max(1))
+    close(ds.X.isel(cell=7).sum().compute().item(), X[7].sum())  # one cell
+    close(ds.X.isel(cell=7).std("gene").compute().item(), X[7].std())
+    empty = ds.X.isel(cell=slice(0, 0))
+    close(empty.sum("cell").values, np.zeros(X.shape[1]))
+    assert np.isnan(empty.mean("cell").values).all()
+    shuffled = np.array([5, 2, 9])  # reordered cells: Dask's generic path, same numbers
+    close(ds.X.isel(cell=shuffled, gene=slice(0, 20)).data.compute().todense(), X[shuffled, :20])
+
+
+def test_where_by_obs(ds, ref):
+    a, X = ref
+    m = a.obs["drug"].astype(str).values == "DMSO_TF"
+    assert m.any() and not m.all()
+    kept = ds.where(ds.drug == "DMSO_TF", drop=True)
+    assert kept.sizes["cell"] == m.sum()
+    assert isinstance(kept.X.data, ScdaskArray)
+    close(kept.X.mean("cell").values, X[m].mean(0))
+    close(kept.X.count().compute().item(), m.sum() * X.shape[1])
+    masked = ds.X.where(ds.drug == "DMSO_TF")
+    Xm = np.where(m[:, None], X, np.nan)
+    close(masked.mean("cell").values, np.nanmean(Xm, 0))
+    close(masked.sum("gene").values, np.nansum(Xm, 1))
+    close(masked.max("cell").values, np.nanmax(Xm, 0))
+    close(masked.count("cell").values, (~np.isnan(Xm)).sum(0))
+    close(masked.mean("cell", skipna=False).values, Xm.mean(0))
+    close(masked.var("gene").values, np.nanvar(Xm, 1))
+
+
+def test_elementwise_expressions(ds, ref):
+    _, X = ref
+    X32 = X.astype(np.float32)
+    close(np.log1p(ds.X).mean("cell").values, np.log1p(X32).astype(np.float64).mean(0))
+    close((ds.X * 2 + 1).sum("gene").values, (X * 2 + 1).sum(1))
+    close((ds.X ** 2).sum("cell").values, ds.gene_sumsq.values)
+
+
+def test_all_zero_gene(ds, ref):
+    _, X = ref
+    j = int(np.flatnonzero(X.sum(0) == 0)[0])
+    g = ds.X.isel(gene=j)
+    assert g.max().compute().item() == 0 and g.sum().compute().item() == 0 and g.var().compute().item() == 0
+
+
+def test_stored_statistics_agree(ds):
+    close(ds.X.sum("cell").values, ds.gene_sum.values)
+    close(ds.X.sum("gene").values, ds.cell_sum.values)
+    close((ds.X != 0).sum("cell").values, ds.gene_nnz.values)
+
+
+def test_unknown_gene_suggests_names(ds):
+    with pytest.raises(KeyError, match=r"C1orf11.*did you mean 'C1orf112'"):
+        ds.sel(gene="C1orf11")
+    with pytest.raises(KeyError, match="c1orf112"):
+        ds.sel(gene=["TNMD", "c1orf112"])
+
+
+def test_task_names(ds):
+    r = ds.X.sel(gene="C1orf112").mean()
+    prefixes = {dask.utils.key_split(k) for k in dict(r.data.__dask_graph__())}
+    assert {"gene-mean", "gene-mean-partial"} <= prefixes
+    assert dask.utils.key_split(ds.X.data.__dask_keys__()[0][0]) == "read-block"
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "sync"])
+def test_schedulers(ds, ref, scheduler):
+    _, X = ref
+    with dask.config.set(scheduler=scheduler):
+        close(ds.X.isel(gene=slice(0, 64)).var("cell").values, X[:, :64].var(0))
+        close(ds.X.isel(gene=slice(0, 64)).mean("gene").values, X[:, :64].mean(1))
+
+
+def test_distributed_cluster(ds, ref):
+    distributed = pytest.importorskip("distributed")
+    _, X = ref
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
+        close(ds.X.mean("cell").values, X.mean(0))
+        close(ds.X.sel(gene="C1orf112").max().compute().item(), X[:, 4].max())
+
+
+def test_pushdown_reads_only_the_genes_chunks(tiny_store, monkeypatch):
+    """A one-gene statistic reads exactly the data chunks holding that gene; no cell indices."""
+    from zarr.storage import LocalStore
+
+    from scdask.store import Store
+
+    seen: list[str] = []
+    orig = LocalStore.get
+
+    async def get(self, key, *args, **kwargs):
+        seen.append(key)
+        return await orig(self, key, *args, **kwargs)
+
+    st = Store(tiny_store)
+    j = 4
+    cp = st.array("X/colptr")[:]
+    C = st.array("X/data").chunks[1]
+    wanted = {f"X/data/c/{g}/{c}" for g in range(st.n_groups)
+              for c in range(cp[g, j] // C, (max(cp[g, j + 1], cp[g, j] + 1) - 1) // C + 1)
+              if cp[g, j + 1] > cp[g, j]}
+    d = scdask.open(tiny_store)
+    monkeypatch.setattr(LocalStore, "get", get)
+    with dask.config.set(scheduler="sync"):
+        d.X.sel(gene="C1orf112").mean().compute()
+    data_read = {k for k in seen if k.startswith("X/data/c/")}
+    assert data_read == wanted
+    assert not [k for k in seen if k.startswith("X/indices/c/")]
+    all_chunks = {f"X/data/c/{g}/{c}" for g in range(st.n_groups)
+                  for c in range(-(-int(cp[g, -1]) // C))}
+    assert len(data_read) <= 2 * st.n_groups < len(all_chunks) / 3
+    # and a per-cell statistic of a contiguous gene range reads only that range's chunks
+    seen.clear()
+    with dask.config.set(scheduler="sync"):
+        d.X.isel(gene=slice(0, 10)).sum("gene").compute()
+    assert {k for k in seen if k.startswith("X/indices/c/")} == {
+        f"X/indices/c/{g}/0" for g in range(st.n_groups)}
+
+
+def _plate(path, X, var_names, obs=None):
+    n = X.shape[0]
+    obs = obs if obs is not None else pd.DataFrame(
+        {"drug": pd.Categorical(np.array(["A", "B", "C"])[np.arange(n) % 3])},
+        index=[f"{path.stem}_{i}" for i in range(n)])
+    anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=var_names)).write_h5ad(path)
+    dst = path.with_suffix(".zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(path, dst, row_group_size=64, chunk_size=1024, workers=0)
+    return str(dst)
+
+
+def test_several_plates_as_one(tmp_path):
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(40)]
+    X1 = sp.random(150, 40, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    X2 = sp.random(90, 40, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    order = rng.permutation(40)
+    s1 = _plate(tmp_path / "p1.h5ad", X1, genes)
+    s2 = _plate(tmp_path / "p2.h5ad", X2[:, order], [genes[i] for i in order])  # other gene order
+    both = scdask.open([s1, s2])
+    X = sp.vstack([X1, X2]).toarray().astype(np.float64)
+    assert both.sizes == {"cell": 240, "gene": 40}
+    close(both.X.mean("cell").values, X.mean(0))
+    close(both.X.sum("gene").values, X.sum(1))
+    close(both.X.sel(gene=["g3", "g0"]).max("cell").values, X[:, [3, 0]].max(0))
+    close(both.X.isel(cell=slice(140, 160)).var("cell").values, X[140:160].var(0))
+    close(both.gene_sum.values, X.sum(0))
+    assert list(both.obs_names.values[148:152]) == ["p1_148", "p1_149", "p2_0", "p2_1"]
+    close(both.where(both.drug == "B", drop=True).X.sum("cell").values,
+          X[np.r_[np.arange(150) % 3, np.arange(90) % 3] == 1].sum(0))
+    close(scdask.open(str(tmp_path / "p*.zarr")).X.sum().compute().item(), X.sum())  # a glob
+    s3 = _plate(tmp_path / "q3.h5ad", X2[:, :30], genes[:30])
+    with pytest.raises(ValueError, match="join='inner'"):
+        scdask.open([s1, s3])
+    inner = scdask.open([s1, s3], join="inner")
+    assert list(inner.gene.values) == genes[:30]
+    close(inner.X.sum("cell").values, X[:, :30].sum(0))
+
+
+def test_duplicated_gene_names(tmp_path):
+    X = sp.random(100, 6, density=0.5, format="csr", dtype=np.float32, random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = _plate(tmp_path / "dup.h5ad", X, ["a", "b", "a", "c", "d", "e"])
+    d = scdask.open(s)
+    got = d.X.sel(gene="a").sum("cell")
+    assert got.sizes["gene"] == 2
+    close(got.values, X.toarray().astype(np.float64)[:, [0, 2]].sum(0))
+
+
+def test_pseudobulk_matches_numpy(ds, ref):
+    a, X = ref
+    pb = scdask.pseudobulk(ds, ["drug", "cell_line"]).compute()
+    obs = a.obs.astype(str)
+    groups = obs.groupby(["drug", "cell_line"]).indices
+    assert len(pb.group) == len(groups)
+    for i in range(len(pb.group)):
+        rows = groups[(pb.drug.values[i], pb.cell_line.values[i])]
+        assert pb.n_cells.values[i] == len(rows)
+        close(pb["sum"].values[i], X[rows].sum(0))
+        close(pb["mean"].values[i], X[rows].mean(0))
+        close(pb["count_nonzero"].values[i], (X[rows] != 0).sum(0))
+        var = X[rows].var(0, ddof=1) if len(rows) > 1 else np.full(X.shape[1], np.nan)
+        close(pb["var"].values[i], var)
+
+
+def test_pseudobulk_of_a_selection(ds, ref):
+    a, X = ref
+    sub = ds.where(ds.phase != "G1", drop=True).sel(gene=["C1orf112", "TNMD", "C1orf112"])
+    pb = scdask.pseudobulk(sub, "drug").compute()
+    keep = a.obs["phase"].astype(str).values != "G1"
+    pos = [list(a.var_names).index(n) for n in ["C1orf112", "TNMD", "C1orf112"]]
+    for i, d in enumerate(pb.drug.values):
+        rows = keep & (a.obs["drug"].astype(str).values == d)
+        close(pb["sum"].values[i], X[rows][:, pos].sum(0))
+
+
+def test_pseudobulk_matches_scanpy(ds, ref):
+    sc = pytest.importorskip("scanpy")
+    a, _ = ref
+    ours = scdask.pseudobulk(ds, "drug").compute()
+    theirs = sc.get.aggregate(a, by="drug", func=["sum", "mean", "count_nonzero", "var"])
+    for i, d in enumerate(ours.drug.values):
+        j = list(theirs.obs_names).index(d)
+        for f in ("sum", "mean", "count_nonzero", "var"):
+            close(ours[f].values[i], np.asarray(theirs.layers[f][j]).ravel())
+
+
+def test_to_anndata(ds, ref):
+    a, X = ref
+    sub = ds.isel(cell=slice(100, 400)).sel(gene=["C1orf112", "TNMD"])
+    ad = scdask.to_anndata(sub)
+    assert sp.issparse(ad.X) and ad.X.dtype == np.float32
+    np.testing.assert_array_equal(ad.X.toarray(), a[100:400, ["C1orf112", "TNMD"]].X.toarray())
+    assert list(ad.obs_names) == list(a.obs_names[100:400])
+    assert list(ad.var_names) == ["C1orf112", "TNMD"]
+    assert (ad.obs["drug"].values == a.obs["drug"].astype(str).values[100:400]).all()
+
+
+def test_xarray_backend(tiny_store):
+    d = xr.open_dataset(tiny_store, engine="scdask")
+    assert isinstance(d.X.data, ScdaskArray)
+    assert d.sizes["gene"] == 1000
+
+
+def test_bad_stores(tiny_plate, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        scdask.open(tmp_path / "nope.zarr")
+    with pytest.raises(FileNotFoundError, match="no store matches"):
+        scdask.open(str(tmp_path / "none*.zarr"))
+    from scdask.convert import convert_init
+
+    convert_init(tiny_plate, tmp_path / "half.zarr", row_group_size=1024)
+    with pytest.raises(FormatError, match="has not finished"):
+        scdask.open(tmp_path / "half.zarr")
