@@ -27,3 +27,32 @@ def test_shared_file_round_trip(path, tmp_path):
     assert_store_matches_anndata(st, adata)
     report = verify(st, against=path)
     assert report.ok, str(report)
+    _check_open(dst, adata)
+
+
+def _check_open(dst, adata):
+    """scdask.open's reductions equal numpy's on the same file (X, layers and raw)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    ds = scdask.open(dst)
+    matrices = {"X": adata.X, **{k: v for k, v in adata.layers.items()}}
+    if adata.raw is not None:
+        matrices["raw"] = adata.raw.X
+    for name, m in matrices.items():
+        if m is None:
+            assert name not in ds
+            continue
+        dense = (m.toarray() if sp.issparse(m) else np.asarray(m)).astype(np.float64)
+        x = ds[name]
+        gene_dim = x.dims[1]
+        assert x.shape == dense.shape
+        for op in ("sum", "mean", "max"):  # NaN-skipping, as xarray's defaults for floats
+            ref = getattr(np, "nan" + op)
+            for dim, axis in (("cell", 0), (gene_dim, 1)):
+                if dense.shape[1 - axis]:
+                    # sums of centred data cancel: compare at the scale of the values summed
+                    atol = 1e-9 * float(np.nansum(np.abs(dense), axis=axis).max())
+                    np.testing.assert_allclose(getattr(x, op)(dim).values, ref(dense, axis=axis),
+                                               rtol=1e-6, atol=atol, equal_nan=True,
+                                               err_msg=f"{name} {op}")
