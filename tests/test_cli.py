@@ -51,3 +51,17 @@ def test_bad_input_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "scdask", "info", str(tmp_path / "missing.zarr")],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "missing.zarr" in proc.stderr
+
+
+def test_demo_end_to_end(tmp_path):
+    """README command 1's job, on a smaller plate, in a fresh process as users run it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "scdask", "demo", "--cells", "3000", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "verified every value" in text and ": OK" in text
+    assert 'X.sel(gene="C1orf112"): count=3,000' in text
+    assert "per-gene mean and variance of all 62,710 genes" in text
+    assert "pseudobulk by drug × cell_line" in text and "DMSO_TF groups" in text
