@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-from scdask.aggregate import pseudobulk  # noqa: E402
-from scdask.backend import open  # noqa: E402, A004
-from scdask.convert import convert  # noqa: E402
-from scdask.materialize import to_anndata  # noqa: E402
+from scdask.convert import convert  # noqa: E402 - after __version__, which it imports
 
-__all__ = ["__version__", "convert", "open", "pseudobulk", "to_anndata"]
+# Imported when first used, so conversion workers do not load xarray, pandas and sparse.
+_LAZY = {
+    "open": "scdask.backend",
+    "pseudobulk": "scdask.aggregate",
+    "to_anndata": "scdask.materialize",
+}
+
+__all__ = ["__version__", "convert", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'scdask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -55,7 +55,7 @@ from scdask.h5ad import H5ADSource
 from scdask.storage import Location
 
 DEFAULT_ROW_GROUP_SIZE = 16384
-DEFAULT_CHUNK_SIZE = 1 << 18
+DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_MEMORY_BUDGET = "2GB"
 # colptr is re-chunked at finalise to this many row groups × genes per chunk.
 COLPTR_CHUNKS = (64, 1024)
@@ -63,6 +63,8 @@ COLPTR_CHUNKS = (64, 1024)
 _WORKER_BASE_BYTES = 200 << 20
 
 _INIT_DONE = f"{WIP_DIR}/init.done"
+# Chunks a partition encodes at once: the cores are busy anyway, and each costs memory.
+_WRITE_CONCURRENCY = 4
 _METADATA = "metadata"
 _METADATA_DONE = f"{WIP_DIR}/done/{_METADATA}.json"
 
@@ -272,9 +274,24 @@ def convert_metadata(
 
 def _convert_task(dst: str, task: int | str, storage_options: dict[str, Any] | None) -> Any:
     """One task of :func:`convert`: the metadata, or a partition."""
-    if task == _METADATA:
-        return convert_metadata(dst, storage_options)
-    return convert_partition(dst, int(task), storage_options)
+    try:
+        if task == _METADATA:
+            return convert_metadata(dst, storage_options)
+        return convert_partition(dst, int(task), storage_options)
+    finally:
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS between tasks (glibc keeps it otherwise)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
@@ -346,9 +363,19 @@ def convert_partition(
         raise IndexError(f"{loc}: partition {partition} is outside 0..{plan.n_groups - 1}")
     _check_source(plan)
     src = H5ADSource(plan.source)
-    start, stop = plan.group_rows(partition)
     from scdask.blocks import to_group  # compiled kernels: imported where they run
 
+    with zarr.config.set({"async.concurrency": _WRITE_CONCURRENCY}):
+        nnz = _convert_rows(root, plan, src, partition, to_group)
+    src.close()
+    with loc.open(_marker(partition), "wb") as f:
+        f.write(json.dumps({"nnz": nnz}).encode())
+    return nnz
+
+
+def _convert_rows(root: zarr.Group, plan: Plan, src: H5ADSource, partition: int,
+                  to_group: Any) -> dict[str, int]:
+    start, stop = plan.group_rows(partition)
     nnz: dict[str, int] = {}
     for m in plan.matrices:
         try:  # the source's errors name the file, element and rows
@@ -373,9 +400,6 @@ def convert_partition(
             root[f"{WIP_DIR}/{m.name}"]["gene_partial"][partition] = c.genes[1].T
         nnz[m.name] = g.nnz
         del c, g
-    src.close()
-    with loc.open(_marker(partition), "wb") as f:
-        f.write(json.dumps({"nnz": nnz}).encode())
     return nnz
 
 

@@ -9,8 +9,9 @@ makes of 0.
 
 Partial results are ``(6, n)`` float64 arrays whose rows are named by
 :data:`PARTIAL`: the count of non-NaN values, their sum, the sum of squared
-deviations from their mean (so partials merge exactly with Chan's formula),
-min, max, and whether a NaN was seen.
+deviations from their mean (so partials merge with Chan et al.'s pairwise
+formula), min, max, and whether a NaN was seen. Values may come in any numeric
+dtype (stored uint16 counts are not converted) and are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -35,13 +36,18 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
     """Per requested gene, over the cells of the group with ``cell_w == 1``.
 
     ``cell_w`` is empty when every cell of the group counts (then ``rows`` is not
-    read and may be empty); ``n_sel`` is the number of cells that count.
+    read and may be empty); ``n_sel`` is the number of cells that count. One pass:
+    squared deviations are accumulated shifted by the gene's first value, which
+    keeps them exact for counts and accurate for data far from zero.
     """
     use_w = cell_w.shape[0] > 0
     fill_nan = fill != fill
     for j in range(starts.shape[0]):
         n = 0
         s = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        shift = np.nan
         mn = np.inf
         mx = -np.inf
         nan = False
@@ -50,12 +56,17 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
             if use_w and cell_w[rows[k]] != 1:
                 continue
             stored += 1
-            v = vals[k]
+            v = np.float64(vals[k])
             if v != v:
                 nan = True
                 continue
+            if shift != shift:
+                shift = v
             n += 1
             s += v
+            d = v - shift
+            d1 += d
+            d2 += d * d
             mn = min(mn, v)
             mx = max(mx, v)
         imp = n_sel - stored
@@ -63,23 +74,18 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
             if fill_nan:
                 nan = True
             else:
+                if shift != shift:
+                    shift = fill
                 n += imp
                 s += imp * fill
+                d = fill - shift
+                d1 += imp * d
+                d2 += imp * d * d
                 mn = min(mn, fill)
                 mx = max(mx, fill)
-        mean = s / n if n > 0 else 0.0
-        m2 = 0.0
-        for k in range(starts[j], ends[j]):
-            if use_w and cell_w[rows[k]] != 1:
-                continue
-            v = vals[k]
-            if v == v:
-                m2 += (v - mean) * (v - mean)
-        if imp > 0 and not fill_nan:
-            m2 += imp * (fill - mean) * (fill - mean)
         out[N, j] = n
         out[SUM, j] = s
-        out[M2, j] = m2
+        out[M2, j] = max(d2 - d1 * d1 / n, 0.0) if n > 0 else 0.0
         out[MIN, j] = mn
         out[MAX, j] = mx
         out[NAN, j] = 1.0 if nan else 0.0
@@ -87,10 +93,17 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
 
 @numba.njit(cache=True, nogil=True)
 def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - compiled
-    """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes."""
+    """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes.
+
+    One pass, squared deviations shifted by each cell's first value (see
+    :func:`gene_partials`).
+    """
     n_rows = out.shape[1]
     n_genes = starts.shape[0]
     stored = np.zeros(n_rows, dtype=np.int64)
+    shift = np.full(n_rows, np.nan)
+    d1 = np.zeros(n_rows)
+    d2 = np.zeros(n_rows)
     fill_nan = fill != fill
     out[:, :] = 0.0
     for r in range(n_rows):
@@ -100,10 +113,15 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
         for k in range(starts[j], ends[j]):
             r = rows[k]
             stored[r] += 1
-            v = vals[k]
+            v = np.float64(vals[k])
             if v != v:
                 out[NAN, r] = 1.0
                 continue
+            if shift[r] != shift[r]:
+                shift[r] = v
+            d = v - shift[r]
+            d1[r] += d
+            d2[r] += d * d
             out[N, r] += 1
             out[SUM, r] += v
             out[MIN, r] = min(out[MIN, r], v)
@@ -114,23 +132,17 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
             if fill_nan:
                 out[NAN, r] = 1.0
             else:
+                if shift[r] != shift[r]:
+                    shift[r] = fill
+                d = fill - shift[r]
+                d1[r] += imp * d
+                d2[r] += imp * d * d
                 out[N, r] += imp
                 out[SUM, r] += imp * fill
                 out[MIN, r] = min(out[MIN, r], fill)
                 out[MAX, r] = max(out[MAX, r], fill)
-    for j in range(n_genes):
-        for k in range(starts[j], ends[j]):
-            r = rows[k]
-            v = vals[k]
-            if v == v:
-                d = v - out[SUM, r] / out[N, r]
-                out[M2, r] += d * d
-    if not fill_nan:
-        for r in range(n_rows):
-            imp = n_genes - stored[r]
-            if imp > 0:
-                d = fill - out[SUM, r] / out[N, r]
-                out[M2, r] += imp * d * d
+        n = out[N, r]
+        out[M2, r] = max(d2[r] - d1[r] * d1[r] / n, 0.0) if n > 0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)

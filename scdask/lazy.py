@@ -202,7 +202,7 @@ def _group_values(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``starts, ends, values, rows`` of the dataset genes ``unique`` in one row group.
 
-    Values come transformed by ``expr`` and as float64, ready for the kernels.
+    Values come transformed by ``expr`` (then as float64), or as stored.
     """
     st = part.store
     local, order = _local_genes(part, unique)
@@ -211,9 +211,9 @@ def _group_values(
         s2, e2 = np.empty_like(starts), np.empty_like(ends)
         s2[order], e2[order] = starts, ends
         starts, ends = s2, e2
-    vals = vals.astype(st.dtype(part.matrix), copy=False)
-    if not expr.is_identity:
-        vals = expr.evaluate(vals)
+    if expr.is_identity:  # the kernels take stored values as they are (uint16 counts, say)
+        return starts, ends, vals, rows
+    vals = expr.evaluate(vals.astype(st.dtype(part.matrix), copy=False))
     return starts, ends, np.asarray(vals, dtype=np.float64), rows
 
 
@@ -283,6 +283,8 @@ def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
     """The statistic ``op`` from partials; NaN where numpy would give NaN."""
     n = p[N]
     with np.errstate(invalid="ignore", divide="ignore"):
+        if op == "count":  # values that are not NaN
+            return n.astype(np.int64)
         if op == "sum":
             r = p[SUM].copy()
         elif op == "mean":
@@ -321,10 +323,6 @@ def _finish_genes(p: np.ndarray, inverse: np.ndarray | None, scalar: bool, op: s
         return finalize(kernels.fold_partials(p), op, skipna, ddof, integer).reshape(())
     r = finalize(p, op, skipna, ddof, integer)
     return r if inverse is None else r[inverse]
-
-
-def _finish_cells(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
-    return finalize(p, op, skipna, ddof, integer)
 
 
 # -- the generic (sparse.COO) view ------------------------------------------------
@@ -680,10 +678,16 @@ class ScdaskArray(da.Array):
             return self
         kept = [d for i, d in enumerate(b.dims) if i not in axes]
         integer = self.dtype.kind in "biu"
+        x = self
+        t = self._expr.tree
+        if op == "sum" and t[0] == "ufunc" and t[1] == "logical_not" and t[2][0][:2] == (
+            "ufunc", "isnan"
+        ):  # xarray's count(): the partials of the values already count the non-NaN ones
+            x, op, integer = ScdaskArray.from_base(b, Expr(t[2][0][2][0])), "count", True
         if "cell" in kept:
-            result = _cell_reduction(self, op, skipna, ddof, integer)
+            result = _cell_reduction(x, op, skipna, ddof, integer)
         else:
-            result = _gene_reduction(self, op, skipna, ddof, integer, scalar=not kept)
+            result = _gene_reduction(x, op, skipna, ddof, integer, scalar=not kept)
         if keepdims:
             result = result.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
         return result
@@ -751,16 +755,17 @@ def _cell_reduction(x: ScdaskArray, op: str, skipna: bool, ddof: int, integer: b
     unique, inverse = b.gene_index
     fill = x._expr.fill(b.dtype)
     mval = _masked_value(x)
-    token = tokenize(b.token, x._expr, op, skipna, ddof)
-    name, pname = f"cell-{op}-{token}", f"cell-{op}-partial-{token}"
+    shared = tokenize(b.token, x._expr)  # partials are the same whatever the statistic
+    name = f"cell-{op}-" + tokenize(shared, op, skipna, ddof)
+    pname = f"cell-partial-{shared}"
     masks, deps = b.mask_blocks()
     layer: dict[Any, Any] = {}
     for i, sel in enumerate(b.groups):
         part_key = (pname, i)
         layer[part_key] = (cell_partial, sel, unique, inverse, x._expr, fill, mval, masks[i])
-        layer[(name, i)] = (_finish_cells, part_key, op, skipna, ddof, integer)
+        layer[(name, i)] = (finalize, part_key, op, skipna, ddof, integer)
     counts = tuple(g.count for g in b.groups)
-    out_dtype = np.int64 if integer and op == "sum" else np.float64
+    out_dtype = np.int64 if integer and op in ("sum", "count") else np.float64
     if not counts:
         layer[(name, 0)] = (np.zeros, 0, out_dtype)
         counts = (0,)
@@ -777,9 +782,9 @@ def _gene_reduction(x: ScdaskArray, op: str, skipna: bool, ddof: int, integer: b
     n_unique = b.n_genes if unique is None else len(unique)
     fill = x._expr.fill(b.dtype)
     mval = _masked_value(x)
-    token = tokenize(b.token, x._expr, op, skipna, ddof, scalar)
-    name, pname, cname = (f"gene-{op}-{token}", f"gene-{op}-partial-{token}",
-                          f"gene-{op}-combine-{token}")
+    shared = tokenize(b.token, x._expr)  # partials are the same whatever the statistic
+    name = f"gene-{op}-" + tokenize(shared, op, skipna, ddof, scalar)
+    pname, cname = f"gene-partial-{shared}", f"gene-combine-{shared}"
     masks, deps = b.mask_blocks()
     layer: dict[Any, Any] = {}
     keys: list[Any] = []
@@ -799,7 +804,7 @@ def _gene_reduction(x: ScdaskArray, op: str, skipna: bool, ddof: int, integer: b
             layer[k] = (_merge, *keys[j : j + 8])
             nxt.append(k)
         keys, level = nxt, level + 1
-    out_dtype = np.int64 if integer and op == "sum" else np.float64
+    out_dtype = np.int64 if integer and op in ("sum", "count") else np.float64
     if scalar:
         layer[(name,)] = (_finish_genes, keys[0], inverse, True, op, skipna, ddof, integer)
         graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)

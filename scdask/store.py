@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -132,6 +133,28 @@ class Store:
         start, stop = self.group_rows(group)
         return GroupBlock(cp, indices, data, stop - start)
 
+    def colptr_row(self, name: str, group: int, cols: np.ndarray | None = None) -> np.ndarray:
+        """``colptr[group, cols]`` (all columns by default), through a per-process chunk cache.
+
+        The tasks of one query read rows of the same colptr chunks (64 row groups ×
+        1,024 genes); each chunk is decoded once per process, not once per row group.
+        """
+        arr = self.array(f"{name}/{COLPTR}")
+        rc, cc = arr.chunks
+        r = group // rc
+        n = arr.shape[1]
+        wanted = range(-(-n // cc)) if cols is None else np.unique(np.asarray(cols) // cc)
+        key = (self.url, self.attrs.get("uuid"), name)
+        parts = {int(c): _colptr_chunk(key, arr, r, int(c))[group - r * rc] for c in wanted}
+        if cols is None:
+            return np.concatenate([parts[c] for c in sorted(parts)])
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.empty(len(cols), dtype=np.int64)
+        for c, row in parts.items():
+            m = cols // cc == c
+            out[m] = row[cols[m] - c * cc]
+        return out
+
     def read_genes(
         self, name: str, group: int, genes: np.ndarray | None = None, with_indices: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -157,14 +180,13 @@ class Store:
             other selections read each gene's range of the chunks that hold it.
         """
         data, idx = self.array(f"{name}/{DATA}"), self.array(f"{name}/{INDICES}")
-        cpa = self.array(f"{name}/{COLPTR}")
         if genes is None:
-            cp = np.asarray(cpa[group], dtype=np.int64)
+            cp = self.colptr_row(name, group)
             a, b = cp[:-1], cp[1:]
         else:
             genes = np.asarray(genes, dtype=np.int64)
             cols = np.union1d(genes, genes + 1)
-            cp = np.asarray(cpa.get_orthogonal_selection((group, cols)), dtype=np.int64)
+            cp = self.colptr_row(name, group, cols)
             a, b = cp[np.searchsorted(cols, genes)], cp[np.searchsorted(cols, genes + 1)]
         lengths = b - a
         total = int(lengths.sum())
@@ -197,6 +219,27 @@ class Store:
     def var(self, name: str = "X") -> pd.DataFrame:
         rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
         return read_frame(self.loc, rel)
+
+
+_COLPTR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
+_COLPTR_CACHE_CHUNKS = 192  # at most 96 MB of decoded (64 × 1024) int64 chunks per process
+_COLPTR_LOCK = threading.Lock()
+
+
+def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int) -> np.ndarray:
+    k = (*key, r, c)
+    with _COLPTR_LOCK:
+        hit = _COLPTR_CACHE.pop(k, None)
+        if hit is not None:
+            _COLPTR_CACHE[k] = hit  # most recently used last
+            return hit
+    rc, cc = arr.chunks
+    block = np.asarray(arr[r * rc : (r + 1) * rc, c * cc : (c + 1) * cc], dtype=np.int64)
+    with _COLPTR_LOCK:
+        _COLPTR_CACHE[k] = block
+        while len(_COLPTR_CACHE) > _COLPTR_CACHE_CHUNKS:
+            _COLPTR_CACHE.pop(next(iter(_COLPTR_CACHE)))
+    return block
 
 
 @functools.lru_cache(maxsize=64)

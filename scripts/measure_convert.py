@@ -34,7 +34,7 @@ print(time.perf_counter() - t)
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("src")
-    p.add_argument("--chunk-size", type=int, nargs="*", default=[1 << 18])
+    p.add_argument("--chunk-size", type=int, nargs="*", default=[1 << 20])
     p.add_argument("--row-group-size", type=int, nargs="*", default=[16384])
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()

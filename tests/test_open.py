@@ -172,7 +172,7 @@ def test_unknown_gene_suggests_names(ds):
 def test_task_names(ds):
     r = ds.X.sel(gene="C1orf112").mean()
     prefixes = {dask.utils.key_split(k) for k in dict(r.data.__dask_graph__())}
-    assert {"gene-mean", "gene-mean-partial"} <= prefixes
+    assert {"gene-mean", "gene-partial"} <= prefixes
     assert dask.utils.key_split(ds.X.data.__dask_keys__()[0][0]) == "read-block"
 
 
