@@ -1,0 +1,120 @@
+"""Opening and selective queries, against anndata backed mode, anndata's lazy reader and the floor."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+
+from . import common
+
+GENE = common.GENE
+
+
+class Open:
+    params = common.sizes()
+    param_names = ["cells"]
+
+    def setup_cache(self):
+        return common.all_plates()
+
+    def time_open(self, plates, n):
+        import scdask
+
+        scdask.open(plates[n]["store"])
+
+    def peakmem_open(self, plates, n):
+        import scdask
+
+        scdask.open(plates[n]["store"])
+
+    def time_baseline_anndata_backed_open(self, plates, n):
+        import anndata
+
+        anndata.read_h5ad(plates[n]["h5ad"], backed="r").file.close()
+
+    def time_baseline_anndata_read_lazy_open(self, plates, n):
+        import anndata
+
+        anndata.experimental.read_lazy(plates[n]["h5ad"])
+
+
+class OneGene:
+    """count, max and mean of one gene over every cell (the headline query)."""
+
+    params = common.sizes()
+    param_names = ["cells"]
+    number = 1
+    repeat = (1, 5, 60.0)
+    timeout = 900
+
+    def setup_cache(self):
+        return common.all_plates()
+
+    def setup(self, plates, n):
+        common.warm(plates[n]["store"])
+
+    def time_scdask(self, plates, n):
+        import scdask
+
+        g = scdask.open(plates[n]["store"]).X.sel(gene=GENE)
+        dask.compute(g.count(), g.max(), g.mean())
+
+    def time_floor_read_gene_bytes(self, plates, n):
+        """Only the gene's stored values, read with zarr: what any reader must pay."""
+        from scdask.store import Store
+
+        st = Store(plates[n]["store"])
+        j = st.var().index.get_loc(GENE)
+        cp = st.colptr("X", slice(None), slice(j, j + 2))
+        data = st.array("X/data")
+        for g in range(st.n_groups):
+            data[g, int(cp[g, 0]) : int(cp[g, 1])]
+
+    def time_baseline_anndata_backed(self, plates, n):
+        import anndata
+
+        a = anndata.read_h5ad(plates[n]["h5ad"], backed="r")
+        col = a[:, GENE].X
+        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+        (col.size, col.max(), col.astype(np.float64).mean())
+        a.file.close()
+
+    def time_baseline_anndata_read_lazy(self, plates, n):
+        import anndata
+
+        a = anndata.experimental.read_lazy(plates[n]["h5ad"])
+        j = int(np.flatnonzero(a.var_names == GENE)[0])
+        col = a.X[:, j : j + 1].compute()
+        col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+        (col.size, col.max(), col.astype(np.float64).mean())
+
+
+class Selections:
+    """Selections that compose with reductions: many genes, a cell range, an obs filter."""
+
+    params = common.sizes()
+    param_names = ["cells"]
+    number = 1
+    repeat = (1, 5, 60.0)
+
+    def setup_cache(self):
+        return common.all_plates()
+
+    def setup(self, plates, n):
+        import scdask
+
+        common.warm(plates[n]["store"])
+        self.ds = scdask.open(plates[n]["store"])
+        rng = np.random.default_rng(0)
+        self.genes = list(self.ds.gene.values[np.sort(rng.choice(self.ds.sizes["gene"], 100,
+                                                                 replace=False))])
+
+    def time_100_genes_mean(self, plates, n):
+        self.ds.X.sel(gene=self.genes).mean("cell").compute()
+
+    def time_cell_range_gene_means(self, plates, n):
+        self.ds.X.isel(cell=slice(n // 4, n // 2)).mean("cell").compute()
+
+    def time_drug_subset_gene_mean(self, plates, n):
+        sub = self.ds.where(self.ds.drug == "DMSO_TF", drop=True)
+        sub.X.sel(gene=GENE).mean().compute()
