@@ -10,6 +10,8 @@ from scdask.convert import convert  # noqa: E402 - after __version__, which it i
 
 # Imported when first used, so conversion workers do not load xarray, pandas and sparse.
 _LAZY = {
+    "cluster": "scdask.cluster",
+    "export_parquet": "scdask.export",
     "open": "scdask.backend",
     "pseudobulk": "scdask.aggregate",
     "to_anndata": "scdask.materialize",

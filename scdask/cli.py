@@ -27,10 +27,13 @@ narrow = click.option(
     help="Store integer counts as uint16 when lossless (checked for every row group).",
 )
 progress = click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
-scheduler = click.option(
-    "--scheduler", default=None, metavar="ADDRESS",
-    help="Run on the Dask scheduler at this address instead of local processes.",
+cluster = click.option(
+    "--cluster", "where", default=None, metavar="WHERE",
+    help="Run on a Dask cluster: 'local', a scheduler address (tcp://host:8786), or a "
+         "dask-jobqueue system configured in jobqueue.yaml (slurm, pbs, sge, lsf, ...). "
+         "Default: a local process pool.",
 )
+jobs = click.option("--jobs", type=int, default=None, help="Batch jobs for a jobqueue cluster.")
 
 
 def _fail(e: BaseException) -> None:
@@ -80,25 +83,31 @@ def synth(out: str, n_cells: int, n_genes: int, seed: int, compression: str) -> 
 @chunk_size
 @workers
 @memory_budget
-@scheduler
+@cluster
+@jobs
 @overwrite
 @narrow
 @progress
 def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
-            workers: int | None, memory_budget: str, scheduler: str | None, overwrite: bool,
-            narrow: bool, progress: bool | None) -> None:
+            workers: int | None, memory_budget: str, where: str | None, jobs: int | None,
+            overwrite: bool, narrow: bool, progress: bool | None) -> None:
     """Convert SRC (.h5ad) into the scdask store DST; rerun to resume an interrupted one."""
+    import contextlib
+
     import scdask
 
     try:
-        executor = None
-        if scheduler:
-            from distributed import Client
-
-            executor = Client(scheduler)
-        scdask.convert(src, dst, workers=workers, executor=executor, memory_budget=memory_budget,
-                       overwrite=overwrite, progress=progress, codecs=Codecs(narrow=narrow),
-                       **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if where:
+                executor = scdask.cluster(where, workers=workers, jobs=jobs)
+                stack.callback(executor.close)
+                if executor.cluster is not None:
+                    stack.callback(executor.cluster.close)
+            scdask.convert(src, dst, workers=workers, executor=executor,
+                           memory_budget=memory_budget, overwrite=overwrite, progress=progress,
+                           codecs=Codecs(narrow=narrow),
+                           **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
     except (FormatError, FileExistsError, FileNotFoundError, MemoryError, OSError) as e:
         _fail(e)
     click.echo(dst)
@@ -196,3 +205,45 @@ def info(store: str, as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command("export-parquet")
+@click.argument("store")
+@click.argument("out_dir")
+@click.option("--layout", type=click.Choice(["long", "wide"]), default="long", show_default=True)
+@click.option("--gene", "genes", multiple=True, help="Export only these genes (repeatable).")
+@click.option("--obs", "where_obs", default=None, metavar="COL=VALUE",
+              help="Export only the cells whose obs column COL equals VALUE.")
+@click.option("--partition-by", default=None, help="Split the files by this obs column.")
+@cluster
+@jobs
+@overwrite
+@progress
+def export_parquet(store: str, out_dir: str, layout: str, genes: tuple[str, ...],
+                   where_obs: str | None, partition_by: str | None, where: str | None,
+                   jobs: int | None, overwrite: bool, progress: bool | None) -> None:
+    """Export STORE (or a selection of it) as Parquet tables in OUT_DIR."""
+    import contextlib
+
+    import scdask
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if where:
+                client = scdask.cluster(where, jobs=jobs)
+                stack.callback(client.close)
+            ds = scdask.open(store)
+            if genes:
+                ds = ds.sel(gene=list(genes))
+            if where_obs:
+                col, _, value = where_obs.partition("=")
+                if col not in ds.coords:
+                    raise KeyError(f"--obs: {col!r} is not an obs column")
+                ds = ds.where(ds[col].astype(str) == value, drop=True)
+            scdask.export_parquet(ds, out_dir, layout=layout, partition_by=partition_by,
+                                  overwrite=overwrite, progress=progress)
+    except (FormatError, FileExistsError, FileNotFoundError, KeyError, ValueError,
+            PermissionError, OSError) as e:
+        _fail(e)
+    click.echo(out_dir)
+

@@ -472,6 +472,7 @@ def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, A
         chunks=(max(1, min(G, rows)), min(m.n_vars + 1, COLPTR_CHUNKS[1])),
         dtype=COLPTR_DTYPE, fill_value=0, filters=_delta(COLPTR_DTYPE),
         compressors=[_compressor(plan.codecs, "bitshuffle")],
+        config={"write_empty_chunks": True},  # so a reader can tell a lost chunk from zeros
     )
     acc = stats.empty_stats(m.n_vars)
     total = 0
@@ -505,6 +506,17 @@ def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, A
     }
     mg.attrs.put({"scdask_matrix": info})
     return info
+
+
+def _active_client() -> Any:
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
 
 
 def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
@@ -561,7 +573,9 @@ def convert(
         0 converts in this process.
     executor
         Run partitions on this ``concurrent.futures.Executor`` or
-        ``distributed.Client`` instead of a local pool.
+        ``distributed.Client`` instead of a local pool. By default, the active
+        ``distributed`` client (e.g. from :func:`scdask.cluster`) when there is one
+        and ``workers`` is not given.
     memory_budget
         Memory the local workers may use together, e.g. ``"2GB"``.
     overwrite
@@ -584,6 +598,8 @@ def convert(
     from scdask import parallel
     from scdask.metadata import warn_dropped
 
+    if executor is None and workers is None:
+        executor = _active_client()  # a Client the user started is where work runs
     # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.
     plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
     loc = Location(os.fspath(dst), storage_options)

@@ -96,53 +96,60 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
     """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes.
 
     One pass, squared deviations shifted by each cell's first value (see
-    :func:`gene_partials`).
+    :func:`gene_partials`). Each cell's accumulators share one cache line, since
+    cells are visited in scattered order.
     """
     n_rows = out.shape[1]
     n_genes = starts.shape[0]
-    stored = np.zeros(n_rows, dtype=np.int64)
-    shift = np.full(n_rows, np.nan)
-    d1 = np.zeros(n_rows)
-    d2 = np.zeros(n_rows)
-    fill_nan = fill != fill
-    out[:, :] = 0.0
+    # per cell: stored, shift, d1, d2, n, sum, min, max
+    acc = np.zeros((n_rows, 8))
     for r in range(n_rows):
-        out[MIN, r] = np.inf
-        out[MAX, r] = -np.inf
+        acc[r, 1] = np.nan
+        acc[r, 6] = np.inf
+        acc[r, 7] = -np.inf
+    nan = np.zeros(n_rows, dtype=np.bool_)
+    fill_nan = fill != fill
     for j in range(n_genes):
         for k in range(starts[j], ends[j]):
             r = rows[k]
-            stored[r] += 1
+            a = acc[r]
+            a[0] += 1
             v = np.float64(vals[k])
             if v != v:
-                out[NAN, r] = 1.0
+                nan[r] = True
                 continue
-            if shift[r] != shift[r]:
-                shift[r] = v
-            d = v - shift[r]
-            d1[r] += d
-            d2[r] += d * d
-            out[N, r] += 1
-            out[SUM, r] += v
-            out[MIN, r] = min(out[MIN, r], v)
-            out[MAX, r] = max(out[MAX, r], v)
+            if a[1] != a[1]:
+                a[1] = v
+            d = v - a[1]
+            a[2] += d
+            a[3] += d * d
+            a[4] += 1
+            a[5] += v
+            a[6] = min(a[6], v)
+            a[7] = max(a[7], v)
     for r in range(n_rows):
-        imp = n_genes - stored[r]
+        a = acc[r]
+        imp = n_genes - a[0]
         if imp > 0:
             if fill_nan:
-                out[NAN, r] = 1.0
+                nan[r] = True
             else:
-                if shift[r] != shift[r]:
-                    shift[r] = fill
-                d = fill - shift[r]
-                d1[r] += imp * d
-                d2[r] += imp * d * d
-                out[N, r] += imp
-                out[SUM, r] += imp * fill
-                out[MIN, r] = min(out[MIN, r], fill)
-                out[MAX, r] = max(out[MAX, r], fill)
-        n = out[N, r]
-        out[M2, r] = max(d2[r] - d1[r] * d1[r] / n, 0.0) if n > 0 else 0.0
+                if a[1] != a[1]:
+                    a[1] = fill
+                d = fill - a[1]
+                a[2] += imp * d
+                a[3] += imp * d * d
+                a[4] += imp
+                a[5] += imp * fill
+                a[6] = min(a[6], fill)
+                a[7] = max(a[7], fill)
+        n = a[4]
+        out[N, r] = n
+        out[SUM, r] = a[5]
+        out[M2, r] = max(a[3] - a[2] * a[2] / n, 0.0) if n > 0 else 0.0
+        out[MIN, r] = a[6]
+        out[MAX, r] = a[7]
+        out[NAN, r] = 1.0 if nan[r] else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -221,3 +228,27 @@ def fold_partials(p: np.ndarray) -> np.ndarray:
         merged = merge_partials(p[:, :half], p[:, half : 2 * half])
         p = np.concatenate([merged, p[:, 2 * half :]], axis=1) if p.shape[1] % 2 else merged
     return p
+
+
+@numba.njit(cache=True, nogil=True)
+def count_cells(starts, ends, rows, counts):  # pragma: no cover - compiled
+    """Stored entries per cell (``counts[r] += 1``) over the requested genes."""
+    for j in range(starts.shape[0]):
+        for k in range(starts[j], ends[j]):
+            counts[rows[k]] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def scatter_rows(starts, ends, vals, rows, dest, indptr, fill_pos, out_indices, out_data):  # pragma: no cover
+    """Gene-major entries into cell-major CSR rows: cell ``r`` goes to row ``dest[r]``
+    (skipped when negative); ``fill_pos`` is each output row's next free slot. Genes
+    are visited in order, so each row's column indices come out sorted."""
+    for j in range(starts.shape[0]):
+        for k in range(starts[j], ends[j]):
+            d = dest[rows[k]]
+            if d < 0:
+                continue
+            p = fill_pos[d]
+            fill_pos[d] = p + 1
+            out_indices[p] = j
+            out_data[p] = vals[k]

@@ -684,6 +684,9 @@ class ScdaskArray(da.Array):
             "ufunc", "isnan"
         ):  # xarray's count(): the partials of the values already count the non-NaN ones
             x, op, integer = ScdaskArray.from_base(b, Expr(t[2][0][2][0])), "count", True
+        elif op == "sum" and _is_nan_to_zero(t):
+            # xarray's nansum is sum(where(isnan(v), 0, v)): the kernels skip NaN themselves
+            x, skipna = ScdaskArray.from_base(b, Expr(t[3])), True
         if "cell" in kept:
             result = _cell_reduction(x, op, skipna, ddof, integer)
         else:
@@ -691,6 +694,16 @@ class ScdaskArray(da.Array):
         if keepdims:
             result = result.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
         return result
+
+
+def _is_nan_to_zero(t: tuple[Any, ...]) -> bool:
+    """Whether ``t`` is ``where(isnan(e), 0, e)`` (xarray's NaN-skipping sum)."""
+    if t[0] != "where" or t[1][:2] != ("ufunc", "isnan") or t[1][2][0] != t[3]:
+        return False
+    zero = t[2]
+    while zero[0] == "astype":
+        zero = zero[2]
+    return zero[0] == "c" and zero[1] == 0
 
 
 def _meta(dtype: np.dtype, ndim: int) -> Any:

@@ -56,6 +56,8 @@ class Location:
         return self.fs.open(self.path(relpath), mode)
 
     def exists(self, relpath: str = "") -> bool:
+        if not self.is_local:  # other processes write here: no stale listings
+            self.fs.invalidate_cache(self.path(relpath))
         return bool(self.fs.exists(self.path(relpath)))
 
     def remove(self, relpath: str = "") -> None:
@@ -66,7 +68,7 @@ class Location:
 
     def listdir(self, relpath: str = "") -> list[str]:
         p = self.path(relpath)
-        if not self.fs.exists(p):
+        if not self.exists(relpath):
             return []
         return [os.path.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False)]
 

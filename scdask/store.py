@@ -145,7 +145,8 @@ class Store:
         n = arr.shape[1]
         wanted = range(-(-n // cc)) if cols is None else np.unique(np.asarray(cols) // cc)
         key = (self.url, self.attrs.get("uuid"), name)
-        parts = {int(c): _colptr_chunk(key, arr, r, int(c))[group - r * rc] for c in wanted}
+        parts = {int(c): _colptr_chunk(key, arr, r, int(c), self.loc)[group - r * rc]
+                 for c in wanted}
         if cols is None:
             return np.concatenate([parts[c] for c in sorted(parts)])
         cols = np.asarray(cols, dtype=np.int64)
@@ -204,6 +205,11 @@ class Store:
             pos = np.repeat(a[keep] - starts[keep], lengths[keep]) + np.arange(total)
             vals = data.get_orthogonal_selection((group, pos))
             rows = idx.get_orthogonal_selection((group, pos)) if with_indices else empty_rows
+        if not vals.all():  # stored values are never 0: a 0 is a chunk zarr could not find
+            raise FormatError(
+                f"{self.url}: {name}/{DATA}: row group {group} reads zeros where stored values "
+                "must be non-zero; a chunk is missing or corrupt (run `scdask verify`)"
+            )
         return starts, ends, vals, rows
 
     def dtype(self, name: str = "X") -> np.dtype:
@@ -226,13 +232,18 @@ _COLPTR_CACHE_CHUNKS = 192  # at most 96 MB of decoded (64 × 1024) int64 chunks
 _COLPTR_LOCK = threading.Lock()
 
 
-def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int) -> np.ndarray:
+def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int, loc: Location
+                  ) -> np.ndarray:
     k = (*key, r, c)
     with _COLPTR_LOCK:
         hit = _COLPTR_CACHE.pop(k, None)
         if hit is not None:
             _COLPTR_CACHE[k] = hit  # most recently used last
             return hit
+    name = key[2]
+    chunk = f"{name}/{COLPTR}/c/{r}/{c}"
+    if not loc.exists(chunk):  # every colptr chunk is written, zeros included (FORMAT.md)
+        raise FormatError(f"{loc.url}: chunk {chunk} is missing; the store is damaged")
     rc, cc = arr.chunks
     block = np.asarray(arr[r * rc : (r + 1) * rc, c * cc : (c + 1) * cc], dtype=np.int64)
     with _COLPTR_LOCK:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["bench_convert", "bench_query", "bench_scan"]
+MODULES = ["bench_convert", "bench_query", "bench_scan", "bench_export"]
 
 
 @pytest.fixture(scope="module")

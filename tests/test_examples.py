@@ -12,3 +12,26 @@ def test_quickstart(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_local_cluster_example(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "local_cluster.py"), str(tmp_path), "3000"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "dashboard: http://" in proc.stdout
+    assert "C1orf112: count=3000" in proc.stdout and "pseudobulk:" in proc.stdout
+
+
+def test_hpc_example_builds_a_slurm_job_script():
+    """The SLURM example's cluster settings, without a SLURM to submit to: its job script."""
+    import runpy
+
+    import pytest
+
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    example = runpy.run_path(str(EXAMPLES / "hpc_slurm.py"), run_name="example")
+    with dask_jobqueue.SLURMCluster(**example["CLUSTER"]) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH -n 1" in script and "#SBATCH --cpus-per-task=8" in script
+    assert "#SBATCH --mem=30G" in script and "--nworkers 8" in script
+    assert "#SBATCH -t 02:00:00" in script

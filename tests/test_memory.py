@@ -1,8 +1,7 @@
-"""Conversion memory stays bounded on inputs several times larger than the budget."""
+"""Streaming paths keep memory bounded on inputs several times larger than the budget."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -11,24 +10,131 @@ from scdask.store import Store
 from scdask.testing import peak_tree_rss, write_random_h5ad
 
 BUDGET = 500 * 2**20
+SIZES = (40_000, 220_000)
+NNZ_PER_CELL = 1000
 
 
-@pytest.mark.slow
-def test_conversion_peak_rss_flat_and_under_budget(tmp_path):
-    peaks = {}
-    for n_obs in (40_000, 220_000):
-        src = write_random_h5ad(tmp_path / f"in{n_obs}.h5ad", n_obs, 20_000, 1000, seed=n_obs)
-        dst = tmp_path / f"out{n_obs}.zarr"
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Stores converted in-process from random 20,000-gene H5ADs; peak RSS of each conversion."""
+    tmp = tmp_path_factory.mktemp("memory")
+    out = {}
+    for n_obs in SIZES:
+        src = write_random_h5ad(tmp / f"in{n_obs}.h5ad", n_obs, 20_000, NNZ_PER_CELL, seed=n_obs)
+        dst = tmp / f"out{n_obs}.zarr"
         code = (
             "import scdask, sys; scdask.convert(sys.argv[1], sys.argv[2], workers=0, "
             "row_group_size=4096, progress=False)"
         )
-        rc, peaks[n_obs] = peak_tree_rss([sys.executable, "-c", code, src, str(dst)])
+        rc, peak = peak_tree_rss([sys.executable, "-c", code, src, str(dst)])
         assert rc == 0
-        assert Store(dst).matrix("X")["nnz"] == n_obs * 1000
-        os.remove(src)
-    big = 220_000 * 1000 * 8
+        assert Store(dst).matrix("X")["nnz"] == n_obs * NNZ_PER_CELL
+        out[n_obs] = (str(dst), peak)
+    return out
+
+
+def _check_flat(peaks: dict[int, int], what: str) -> None:
+    big = SIZES[-1] * NNZ_PER_CELL * 8  # values + indices of the larger input, in memory
     assert big > 3 * BUDGET, "the input must be several times the budget"
-    assert peaks[220_000] < BUDGET, f"peak RSS {peaks[220_000] / 2**20:.0f} MiB over budget"
+    assert peaks[SIZES[-1]] < BUDGET, f"{what}: peak RSS {peaks[SIZES[-1]] / 2**20:.0f} MiB"
     # memory does not grow with the input: 5.5x more cells, about the same peak
-    assert peaks[220_000] < 1.15 * peaks[40_000] + 40 * 2**20, peaks
+    assert peaks[SIZES[-1]] < 1.15 * peaks[SIZES[0]] + 40 * 2**20, peaks
+
+
+@pytest.mark.slow
+def test_conversion_peak_rss_flat_and_under_budget(converted):
+    _check_flat({n: peak for n, (_, peak) in converted.items()}, "conversion")
+
+
+WORK_BUDGET = 300 * 2**20  # memory a streaming path may use beyond its imports and open
+
+SAMPLER = """
+import threading, time, psutil
+
+
+class Peak(threading.Thread):
+    # the peak RSS from now on, sampled every 5 ms (ru_maxrss would count the warm-up too)
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.proc, self.peak, self.stop = psutil.Process(), 0, False
+
+    def run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+"""
+
+# Each script warms up first (imports, compiled kernels, a tiny run), then measures from there.
+EXPORT = SAMPLER + """
+import sys, dask, scdask
+from scdask.convert import _release_memory
+dask.config.set(scheduler="sync")
+ds = scdask.open(sys.argv[1])
+scdask.export_parquet(ds.isel(cell=slice(0, 10)), sys.argv[2] + ".warm", progress=False)
+_release_memory()
+base = psutil.Process().memory_info().rss
+peak = Peak()
+peak.start()
+scdask.export_parquet(ds, sys.argv[2], progress=False)
+peak.stop = True
+peak.join()
+print(base, peak.peak)
+"""
+
+LOADER = SAMPLER + """
+import sys, scdask
+from scdask.convert import _release_memory
+from scdask.ml import CellDataset
+proc = psutil.Process()
+for _ in CellDataset(scdask.open(sys.argv[1]).isel(cell=slice(0, 10)), batch_size=4):
+    pass
+ds = CellDataset(sys.argv[1], batch_size=1024, buffer_groups=2, seed=0)
+_release_memory()
+base = proc.memory_info().rss
+peak = Peak()
+peak.start()
+n, at100 = 0, None
+for i, batch in enumerate(ds):
+    n += batch["X"].shape[0]
+    if i == 100:
+        at100 = proc.memory_info().rss
+end = proc.memory_info().rss
+peak.stop = True
+peak.join()
+print(n, base, at100, end, peak.peak)
+"""
+
+
+def _run(code: str, *args: str) -> list[int]:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=1200)
+    assert out.returncode == 0, out.stderr
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_parquet_export_memory_bounded(converted, tmp_path):
+    work = {}
+    for n_obs, (store, _) in converted.items():
+        base, peak = _run(EXPORT, store, str(tmp_path / f"pq{n_obs}"))
+        work[n_obs] = peak - base
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetDataset(str(tmp_path / f"pq{SIZES[-1]}" / "X")).read(columns=["gene_id"])
+    assert rows.num_rows == SIZES[-1] * NNZ_PER_CELL
+    data = SIZES[-1] * NNZ_PER_CELL * 8
+    assert data > 5 * WORK_BUDGET
+    assert work[SIZES[-1]] < WORK_BUDGET, f"export used {work[SIZES[-1]] / 2**20:.0f} MiB"
+    assert work[SIZES[-1]] < 1.15 * work[SIZES[0]] + 40 * 2**20, work
+
+
+@pytest.mark.slow
+def test_loader_epoch_memory_flat(converted):
+    pytest.importorskip("torch")
+    store, _ = converted[SIZES[-1]]
+    n, base, at100, end, peak = _run(LOADER, store)
+    assert n == SIZES[-1]
+    assert peak - base < WORK_BUDGET, f"loader used {(peak - base) / 2**20:.0f} MiB"
+    assert end < at100 + 32 * 2**20, f"RSS grew from {at100 / 2**20:.0f} to {end / 2**20:.0f} MiB"

@@ -348,3 +348,16 @@ def test_bad_stores(tiny_plate, tmp_path):
     convert_init(tiny_plate, tmp_path / "half.zarr", row_group_size=1024)
     with pytest.raises(FormatError, match="has not finished"):
         scdask.open(tmp_path / "half.zarr")
+
+
+@pytest.mark.parametrize("chunk", ["X/data/c/1/0", "X/colptr/c/0/0"])
+def test_missing_chunk_is_an_error_not_zeros(tiny_store, tmp_path, chunk):
+    import os
+    import shutil
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(tiny_store, damaged)
+    os.remove(damaged / chunk)
+    d = scdask.open(damaged)
+    with pytest.raises(FormatError, match=r"damaged\.zarr.*(missing|corrupt)"):
+        d.X.mean("cell").compute(scheduler="sync")

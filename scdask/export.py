@@ -1,0 +1,278 @@
+"""Parquet export for Daft, DuckDB, Polars and Spark users, one row group per task.
+
+Layout of ``out_dir`` (every table joins on integer ids)::
+
+    obs.parquet          cell_id (int64) + the obs columns of the exported cells
+    var.parquet          gene_id (int32) + gene name + the var columns of the exported genes
+    X/part-00000.parquet long layout: cell_id, gene_id, value — sorted by gene_id then
+                         cell_id, so a one-gene filter prunes row groups by statistics
+    X/<col>=<v>/part-…   the same, split by an obs column (``partition_by``), hive style
+    _SUCCESS             written last: a dataset without it is incomplete
+
+or, with ``layout="wide"``, ``X/part-*.parquet`` holds cell_id and one column per
+exported gene (for a gene list; refused beyond ``max_wide_columns``).
+
+The export is written into a temporary sibling folder and renamed into place at the
+end (local paths), so a failed or interrupted export never leaves a dataset that
+looks complete. Tasks run on the active Dask scheduler (a ``distributed`` cluster if
+one is active); each holds one row group's selected entries, so memory per worker
+does not grow with the store.
+
+Arrow memory pool: the writing tasks use Arrow's *system* pool (malloc), not the
+default jemalloc/mimalloc pool, which keeps freed memory and, across thousands of
+tables, grows a worker far past the data it holds (apache/arrow#47266); freed memory
+is handed back to the OS after each task. Readers of the export who see the same
+growth can set ``ARROW_DEFAULT_MEMORY_POOL=system``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from scdask.lazy import GroupSel, ScdaskArray, _group_values
+
+#: Refuse wide tables with more gene columns than this (Parquet footers and readers
+#: slow down badly with tens of thousands of columns).
+MAX_WIDE_COLUMNS = 2000
+SUCCESS = "_SUCCESS"
+#: Cells per slice of the obs table.
+OBS_SLICE = 1 << 16
+
+
+def _arrow() -> tuple[Any, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    return pa, pq
+
+
+def _entries(sel: GroupSel, unique: np.ndarray | None, expr: Any, dtype: np.dtype
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell position in the selection, gene index into ``unique``, value), gene-major."""
+    starts, ends, vals, rows = _group_values(sel.part, sel.group, unique, expr, True)
+    lengths = ends - starts
+    gene = np.repeat(np.arange(len(starts), dtype=np.int32), lengths)
+    if sel.local is not None:
+        pos = np.full(sel.n_rows, -1, np.int64)
+        pos[sel.local] = np.arange(sel.count)
+        cell = pos[rows]
+        keep = cell >= 0
+        cell, gene, vals = cell[keep], gene[keep], vals[keep]
+    else:
+        cell = rows.astype(np.int64)
+    return cell + sel.first, gene, np.asarray(vals).astype(dtype, copy=False)
+
+
+def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np.ndarray, expr: Any,
+                dtype: np.dtype, names: list[str] | None, labels: np.ndarray | None,
+                part: int) -> int:
+    """Write one row group's entries; return the number of matrix rows written.
+
+    ``columns[k]`` is the gene id (long layout) or the column (wide layout, with
+    ``names``) of the dataset gene ``unique[k]``.
+    """
+    from scdask.convert import _release_memory
+
+    pa, pq = _arrow()
+    try:
+        cell, gene, value = _entries(sel, unique, expr, dtype)
+        if names is not None:
+            block = np.zeros((sel.count, len(names)), dtype=dtype)
+            block[cell - sel.first, columns[gene]] = value
+            cells = np.arange(sel.first, sel.first + sel.count, dtype=np.int64)
+            table = pa.table({"cell_id": cells, **{n: block[:, j] for j, n in enumerate(names)}})
+        else:
+            table = pa.table({"cell_id": cell, "gene_id": columns[gene].astype(np.int32),
+                              "value": value})
+        pieces = [("", table)]
+        if labels is not None:  # hive partitions by an obs column
+            lab = labels[table.column("cell_id").to_numpy()]
+            pieces = [(str(v), table.filter(pa.array(lab == v))) for v in np.unique(lab)]
+        for sub, t in pieces:
+            d = os.path.join(path, sub) if sub else path
+            os.makedirs(d, exist_ok=True)
+            pq.write_table(t, os.path.join(d, f"part-{part:05d}.parquet"), compression="zstd",
+                           row_group_size=1 << 20, write_statistics=True)
+        return table.num_rows
+    finally:
+        _release_memory()
+
+
+def export_parquet(
+    data: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    layout: str = "long",
+    var: str = "X",
+    partition_by: str | None = None,
+    overwrite: bool = False,
+    max_wide_columns: int = MAX_WIDE_COLUMNS,
+    progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Export a store, or any selection of one, as Parquet tables.
+
+    Parameters
+    ----------
+    data
+        A store path/URL, or a Dataset from :func:`scdask.open` or a selection of it
+        (``ds.sel(gene=[...])``, ``ds.where(ds.drug == "DMSO_TF", drop=True)``, …).
+    out_dir
+        Local directory to create.
+    layout
+        ``"long"`` (cell_id, gene_id, value; any number of genes) or ``"wide"``
+        (cell_id and one column per gene; at most ``max_wide_columns`` genes).
+    var
+        The matrix to export.
+    partition_by
+        An obs column to split the matrix files by (hive style ``X/<col>=<value>/``).
+    overwrite
+        Replace ``out_dir`` if it exists.
+    max_wide_columns
+        The widest wide table allowed.
+    progress
+        Show a progress bar (default: on a terminal).
+    storage_options
+        fsspec options when ``data`` is a URL.
+
+    Returns
+    -------
+    str
+        ``out_dir``.
+    """
+    from scdask.backend import open as open_dataset
+
+    ds = open_dataset(data, storage_options=storage_options) if isinstance(
+        data, str | os.PathLike) else data
+    x = ds[var] if isinstance(ds, xr.Dataset) else ds
+    arr = x.data
+    if not isinstance(arr, ScdaskArray) or arr.ndim != 2 or x.dims[0] != "cell":
+        raise TypeError("export_parquet needs a cell × gene matrix opened with scdask.open")
+    if layout not in ("long", "wide"):
+        raise ValueError(f"layout must be 'long' or 'wide', not {layout!r}")
+    b = arr._base
+    gene_dim = x.dims[1]
+    if layout == "wide" and b.n_sel_genes > max_wide_columns:
+        raise ValueError(
+            f"a wide table of {b.n_sel_genes:,} gene columns is refused (limit "
+            f"{max_wide_columns:,}): Parquet writers and readers slow down badly with tens of "
+            "thousands of columns. Select a gene list (ds.sel(gene=[...])) or use the long "
+            "layout, which has any number of genes in three columns."
+        )
+    if arr._expr.fill(b.dtype) != 0:
+        raise ValueError("the selection maps zeros to non-zeros: it is dense, export it as such")
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: exists; pass overwrite=True (--overwrite)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{out_dir}: cannot write in {parent}")
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _export(x, arr, b, gene_dim, tmp, layout, partition_by, progress)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, layout: str,
+            partition_by: str | None, progress: bool | None) -> None:
+    pa, pq = _arrow()
+    os.makedirs(os.path.join(tmp, "X"))
+    genes = np.arange(b.n_genes) if b.genes is None else b.genes
+    unique, inverse = np.unique(genes, return_inverse=True)
+    gene_ids = genes.astype(np.int32)  # ids: positions in the dataset's genes
+    # obs and var tables, categoricals dictionary-encoded; obs in slices of cells, so
+    # that this process holds one slice of the per-cell columns, not all of them
+    cols = [k for k, c in x.coords.items() if c.dims == ("cell",)]
+    writer = None
+    for a in range(0, max(1, b.n_sel_cells), OBS_SLICE):
+        part = x.isel(cell=slice(a, a + OBS_SLICE))
+        obs = {"cell_id": np.arange(a, a + part.sizes["cell"], dtype=np.int64)}
+        obs.update({k: _column(np.asarray(part[k].values)) for k in cols})
+        table = pa.table(obs)
+        if writer is None:
+            writer = pq.ParquetWriter(os.path.join(tmp, "obs.parquet"), table.schema,
+                                      compression="zstd")
+        writer.write_table(table.cast(writer.schema))
+    writer.close()
+    varcols = {"gene_id": np.unique(gene_ids), "gene": None}
+    names = np.asarray(x[gene_dim].values)
+    first = np.unique(gene_ids, return_index=True)[1]
+    varcols["gene"] = names[first].astype(str)
+    for k, c in x.coords.items():
+        if c.dims == (gene_dim,) and k != gene_dim:
+            varcols[k] = np.asarray(c.values)[first]
+    pq.write_table(pa.table(varcols), os.path.join(tmp, "var.parquet"), compression="zstd")
+    labels = None
+    if partition_by is not None:
+        if partition_by not in x.coords or x[partition_by].dims != ("cell",):
+            raise KeyError(f"partition_by: {partition_by!r} is not an obs column")
+        vals = pd.Series(np.asarray(x[partition_by].values)).astype(str)
+        labels = (f"{partition_by}=" + vals).to_numpy(dtype=object)
+    names = None
+    columns = unique.astype(np.int32)  # long: gene ids are positions in the dataset
+    if layout == "wide":
+        names = [str(n) for n in np.asarray(x[gene_dim].values)]
+        if len(set(names)) != len(names):
+            raise ValueError("wide layout: gene names repeat in the selection; select unique "
+                             "genes or use the long layout")
+        columns = np.empty(len(unique), dtype=np.int64)
+        columns[inverse] = np.arange(len(genes))  # the selection's order
+    tasks = [
+        dask.delayed(_write_part, pure=False)(
+            os.path.join(tmp, "X"), sel, None if b.genes is None else unique, columns,
+            arr._expr, arr.dtype, names, labels, i,
+            dask_key_name=f"export-parquet-{os.path.basename(tmp)}-{i}")
+        for i, sel in enumerate(b.groups)
+    ]
+    _compute(tasks, progress)
+    with open(os.path.join(tmp, SUCCESS), "w") as f:
+        f.write("ok\n")
+
+
+def _column(values: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    if values.dtype == object:
+        return pa.array(pd.Series(values).astype(str)).dictionary_encode()
+    return values
+
+
+def _compute(tasks: list[Any], progress: bool | None) -> None:
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    show = progress if progress is not None else os.isatty(2)
+    if client is not None:
+        futures = client.compute(tasks)
+        if show:
+            from distributed import progress as dprogress
+
+            dprogress(futures)
+        client.gather(futures)
+        return
+    if show:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            dask.compute(*tasks)
+    else:
+        dask.compute(*tasks)
