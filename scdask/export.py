@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import dask
@@ -45,6 +46,8 @@ MAX_WIDE_COLUMNS = 2000
 SUCCESS = "_SUCCESS"
 #: Cells per slice of the obs table.
 OBS_SLICE = 1 << 16
+#: Entries of a row group converted to Arrow at once.
+SLICE_ENTRIES = 1 << 22
 
 
 def _arrow() -> tuple[Any, Any]:
@@ -55,21 +58,32 @@ def _arrow() -> tuple[Any, Any]:
     return pa, pq
 
 
-def _entries(sel: GroupSel, unique: np.ndarray | None, expr: Any, dtype: np.dtype
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cell position in the selection, gene index into ``unique``, value), gene-major."""
+def _slices(sel: GroupSel, unique: np.ndarray | None, expr: Any, dtype: np.dtype
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(cell position in the selection, gene index into ``unique``, value), gene-major,
+    in slices of about :data:`SLICE_ENTRIES` entries (whole genes), so that the wide
+    int64/int32 columns exist for one slice at a time."""
     starts, ends, vals, rows = _group_values(sel.part, sel.group, unique, expr, True)
     lengths = ends - starts
-    gene = np.repeat(np.arange(len(starts), dtype=np.int32), lengths)
+    pos = None
     if sel.local is not None:
         pos = np.full(sel.n_rows, -1, np.int64)
         pos[sel.local] = np.arange(sel.count)
-        cell = pos[rows]
-        keep = cell >= 0
-        cell, gene, vals = cell[keep], gene[keep], vals[keep]
-    else:
-        cell = rows.astype(np.int64)
-    return cell + sel.first, gene, np.asarray(vals).astype(dtype, copy=False)
+    bounds = np.searchsorted(np.cumsum(lengths), np.arange(SLICE_ENTRIES, lengths.sum(),
+                                                             SLICE_ENTRIES), side="right")
+    for g0, g1 in zip(np.r_[0, bounds], np.r_[bounds, len(lengths)], strict=True):
+        if g1 <= g0:
+            continue
+        lo, hi = int(starts[g0]), int(ends[g1 - 1])
+        gene = np.repeat(np.arange(g0, g1, dtype=np.int32), lengths[g0:g1])
+        r, v = rows[lo:hi], vals[lo:hi]
+        if pos is not None:
+            cell = pos[r]
+            keep = cell >= 0
+            cell, gene, v = cell[keep], gene[keep], v[keep]
+        else:
+            cell = r.astype(np.int64)
+        yield cell + sel.first, gene, np.asarray(v).astype(dtype, copy=False)
 
 
 def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np.ndarray, expr: Any,
@@ -83,27 +97,37 @@ def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np
     from scdask.convert import _release_memory
 
     pa, pq = _arrow()
+    writers: dict[str, Any] = {}
+    rows = 0
     try:
-        cell, gene, value = _entries(sel, unique, expr, dtype)
-        if names is not None:
+        if names is not None:  # wide: one dense block of the group's cells × the genes
             block = np.zeros((sel.count, len(names)), dtype=dtype)
-            block[cell - sel.first, columns[gene]] = value
+            for cell, gene, value in _slices(sel, unique, expr, dtype):
+                block[cell - sel.first, columns[gene]] = value
             cells = np.arange(sel.first, sel.first + sel.count, dtype=np.int64)
-            table = pa.table({"cell_id": cells, **{n: block[:, j] for j, n in enumerate(names)}})
+            tables = [pa.table({"cell_id": cells,
+                                **{n: block[:, j] for j, n in enumerate(names)}})]
         else:
-            table = pa.table({"cell_id": cell, "gene_id": columns[gene].astype(np.int32),
-                              "value": value})
-        pieces = [("", table)]
-        if labels is not None:  # hive partitions by an obs column
-            lab = labels[table.column("cell_id").to_numpy()]
-            pieces = [(str(v), table.filter(pa.array(lab == v))) for v in np.unique(lab)]
-        for sub, t in pieces:
-            d = os.path.join(path, sub) if sub else path
-            os.makedirs(d, exist_ok=True)
-            pq.write_table(t, os.path.join(d, f"part-{part:05d}.parquet"), compression="zstd",
-                           row_group_size=1 << 20, write_statistics=True)
-        return table.num_rows
+            tables = (pa.table({"cell_id": cell, "gene_id": columns[gene].astype(np.int32),
+                                "value": value})
+                      for cell, gene, value in _slices(sel, unique, expr, dtype))
+        for table in tables:
+            pieces = [("", table)]
+            if labels is not None:  # hive partitions by an obs column
+                lab = labels[table.column("cell_id").to_numpy()]
+                pieces = [(str(v), table.filter(pa.array(lab == v))) for v in np.unique(lab)]
+            for sub, t in pieces:
+                if sub not in writers:
+                    d = os.path.join(path, sub) if sub else path
+                    os.makedirs(d, exist_ok=True)
+                    writers[sub] = pq.ParquetWriter(os.path.join(d, f"part-{part:05d}.parquet"),
+                                                    t.schema, compression="zstd")
+                writers[sub].write_table(t, row_group_size=1 << 20)
+            rows += table.num_rows
+        return rows
     finally:
+        for w in writers.values():
+            w.close()
         _release_memory()
 
 
