@@ -35,3 +35,19 @@ def test_hpc_example_builds_a_slurm_job_script():
     assert "#SBATCH -n 1" in script and "#SBATCH --cpus-per-task=8" in script
     assert "#SBATCH --mem=30G" in script and "--nworkers 8" in script
     assert "#SBATCH -t 02:00:00" in script
+
+
+def test_daft_example(tiny_store, tmp_path):
+    import pytest
+
+    pytest.importorskip("daft")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "daft_export.py"), tiny_store,
+                           str(tmp_path / "pq")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    daft_line = next(x for x in lines if x.startswith("Daft   C1orf112"))
+    ours_line = next(x for x in lines if x.startswith("scdask C1orf112"))
+    assert daft_line.split(":", 1)[1] == ours_line.split(":", 1)[1]
+    daft_means = next(x for x in lines if x.startswith("Daft   per-gene"))
+    our_means = next(x for x in lines if x.startswith("scdask per-gene"))
+    assert daft_means.split(":", 1)[1] == our_means.split(":", 1)[1]
