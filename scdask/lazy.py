@@ -537,62 +537,6 @@ class ScdaskArray(da.Array):
             return NotImplemented
         return self.__array_ufunc__(uf, "__call__", *((other, self) if reflected else (self, other)))
 
-    def __add__(self, o: Any) -> Any:
-        r = self._binary(np.add, o)
-        return super().__add__(o) if r is NotImplemented else r
-
-    def __radd__(self, o: Any) -> Any:
-        r = self._binary(np.add, o, True)
-        return super().__radd__(o) if r is NotImplemented else r
-
-    def __sub__(self, o: Any) -> Any:
-        r = self._binary(np.subtract, o)
-        return super().__sub__(o) if r is NotImplemented else r
-
-    def __rsub__(self, o: Any) -> Any:
-        r = self._binary(np.subtract, o, True)
-        return super().__rsub__(o) if r is NotImplemented else r
-
-    def __mul__(self, o: Any) -> Any:
-        r = self._binary(np.multiply, o)
-        return super().__mul__(o) if r is NotImplemented else r
-
-    def __rmul__(self, o: Any) -> Any:
-        r = self._binary(np.multiply, o, True)
-        return super().__rmul__(o) if r is NotImplemented else r
-
-    def __truediv__(self, o: Any) -> Any:
-        r = self._binary(np.true_divide, o)
-        return super().__truediv__(o) if r is NotImplemented else r
-
-    def __pow__(self, o: Any) -> Any:
-        r = self._binary(np.power, o)
-        return super().__pow__(o) if r is NotImplemented else r
-
-    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
-        r = self._binary(np.equal, o)
-        return super().__eq__(o) if r is NotImplemented else r
-
-    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
-        r = self._binary(np.not_equal, o)
-        return super().__ne__(o) if r is NotImplemented else r
-
-    def __gt__(self, o: Any) -> Any:
-        r = self._binary(np.greater, o)
-        return super().__gt__(o) if r is NotImplemented else r
-
-    def __ge__(self, o: Any) -> Any:
-        r = self._binary(np.greater_equal, o)
-        return super().__ge__(o) if r is NotImplemented else r
-
-    def __lt__(self, o: Any) -> Any:
-        r = self._binary(np.less, o)
-        return super().__lt__(o) if r is NotImplemented else r
-
-    def __le__(self, o: Any) -> Any:
-        r = self._binary(np.less_equal, o)
-        return super().__le__(o) if r is NotImplemented else r
-
     def __neg__(self) -> Any:
         return self.__array_ufunc__(np.negative, "__call__", self)
 
@@ -694,6 +638,29 @@ class ScdaskArray(da.Array):
         if keepdims:
             result = result.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
         return result
+
+
+def _binary_method(name: str, uf: np.ufunc, reflected: bool = False) -> Any:
+    """``ScdaskArray.<name>``: compose ``uf`` into the expression, else Dask's operator."""
+
+    def method(self: ScdaskArray, other: Any) -> Any:
+        out = self._binary(uf, other, reflected)
+        return getattr(da.Array, name)(self, other) if out is NotImplemented else out
+
+    method.__name__ = name
+    return method
+
+
+for _name, _uf, _reflected in (
+    ("__add__", np.add, False), ("__radd__", np.add, True),
+    ("__sub__", np.subtract, False), ("__rsub__", np.subtract, True),
+    ("__mul__", np.multiply, False), ("__rmul__", np.multiply, True),
+    ("__truediv__", np.true_divide, False), ("__pow__", np.power, False),
+    ("__eq__", np.equal, False), ("__ne__", np.not_equal, False),
+    ("__gt__", np.greater, False), ("__ge__", np.greater_equal, False),
+    ("__lt__", np.less, False), ("__le__", np.less_equal, False),
+):
+    setattr(ScdaskArray, _name, _binary_method(_name, _uf, _reflected))
 
 
 def _is_nan_to_zero(t: tuple[Any, ...]) -> bool:

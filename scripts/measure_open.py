@@ -83,22 +83,15 @@ def scdask_all_genes(store):
     return mean, var
 
 
-def h5py_all_genes(h5ad, step=16384):
-    import h5py
+def h5py_all_genes(h5ad):
+    """The plain h5py scan of the asv benchmarks (one definition for both)."""
+    import os
+    import sys
 
-    with h5py.File(h5ad, "r") as f:
-        X = f["X"]
-        n, m = X.attrs["shape"]
-        ip = X["indptr"]
-        s, q = np.zeros(m), np.zeros(m)
-        for a in range(0, n, step):
-            lo, hi = int(ip[a]), int(ip[min(n, a + step)])
-            idx = X["indices"][lo:hi]
-            v = X["data"][lo:hi].astype(np.float64)
-            s += np.bincount(idx, weights=v, minlength=m)
-            q += np.bincount(idx, weights=v * v, minlength=m)
-    mean = s / n
-    return mean, q / n - mean * mean
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "asv_bench"))
+    from benchmarks.common import h5py_gene_mean_var
+
+    return h5py_gene_mean_var(h5ad)
 
 
 def main() -> None:
