@@ -79,11 +79,11 @@ def _gene_maps(stores: Sequence[Store], name: str, join: str) -> tuple[pd.DataFr
     maps: list[Any] = [None]
     others = [st.var(name).index for st in stores[1:]]
     if join == "inner":
+        keep = np.ones(len(var0), dtype=bool)
         for idx in others:
-            names = names[names.isin(idx)]
-        var0 = var0.loc[names] if len(names) != len(var0) else var0
-        maps = [None if len(names) == len(stores[0].var(name)) else
-                stores[0].var(name).index.get_indexer(names)]
+            keep &= var0.index.isin(idx)
+        if not keep.all():
+            var0, names, maps = var0[keep], names[keep], [np.flatnonzero(keep)]
     elif join != "exact":
         raise ValueError(f"join must be 'exact' or 'inner', not {join!r}")
     for st, idx in zip(stores[1:], others, strict=True):
