@@ -151,11 +151,6 @@ class MatrixPlan:
         if not self.stored_dtype:
             object.__setattr__(self, "stored_dtype", self.dtype)
 
-    @property
-    def narrowed(self) -> bool:
-        """Whether values are stored in a narrower dtype than the source's."""
-        return self.stored_dtype != self.dtype
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

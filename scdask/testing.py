@@ -121,6 +121,19 @@ def write_random_h5ad(
     return os.fspath(path)
 
 
+def timed(fn: Any, repeat: int = 3) -> tuple[Any, float]:
+    """``fn()``'s last result and the median of ``repeat`` wall-clock timings (for scripts)."""
+    import statistics
+    import time
+
+    out, times = None, []
+    for _ in range(max(1, repeat)):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
 def peak_tree_rss(cmd: list[str], interval: float = 0.02, timeout: float = 600) -> tuple[int, int]:
     """Run ``cmd``; return (exit code, peak summed RSS in bytes of it and all its children)."""
     import subprocess

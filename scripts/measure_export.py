@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import sys
 import time
 import warnings
@@ -19,17 +18,8 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def med(fn, n=3):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main() -> None:
-    from scdask.testing import peak_tree_rss
+    from scdask.testing import peak_tree_rss, timed
 
     store, out = sys.argv[1], sys.argv[2]
     shutil.rmtree(out, ignore_errors=True)
@@ -74,7 +64,7 @@ def main() -> None:
     for label, ours, theirs in (("one gene count/max/mean", scdask_one_gene, daft_one_gene),
                                 ("every gene's mean", scdask_gene_means, daft_gene_means)):
         ours(), theirs()
-        a, b = med(ours), med(theirs)
+        a, b = timed(ours)[1], timed(theirs)[1]
         print(f"{label}: scdask on the store {a * 1e3:.0f} ms, Daft on the export "
               f"{b * 1e3:.0f} ms ({b / a:.1f}x)")
 

@@ -14,23 +14,14 @@ Prints, each timed in this process after imports (median of --repeat runs):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
 
+from scdask.testing import timed
+
 warnings.simplefilter("ignore")
 GENE = "C1orf112"
-
-
-def timed(fn, repeat):
-    out, times = None, []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
 
 
 def scdask_one_gene(store):

@@ -13,24 +13,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 import dask
 
+from scdask.testing import timed
+
 warnings.simplefilter("ignore")
-
-
-def median_time(fn, n=3):
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:
@@ -47,10 +38,10 @@ def main() -> None:
                     dask.compute(ds.X.mean("cell"), ds.X.var("cell"))
 
                 stats()  # workers load scdask
-                t_stats = median_time(stats)
+                t_stats = timed(stats)[1]
                 dst = os.path.join(tmp, f"w{n}.zarr")
-                t_conv = median_time(lambda dst=dst: scdask.convert(src, dst, overwrite=True,
-                                                                     progress=False), n=1)
+                t_conv = timed(lambda dst=dst: scdask.convert(src, dst, overwrite=True,
+                                                               progress=False), 1)[1]
                 results[n] = (t_stats, t_conv)
                 print(f"{n} worker process(es): gene mean+var {t_stats:.2f} s, "
                       f"conversion {t_conv:.1f} s")
@@ -80,8 +71,8 @@ def main() -> None:
 
         one_gene(store)
         one_gene("s3://bench/plate.zarr", opts)
-        t_local = median_time(lambda: one_gene(store), 5)
-        t_s3 = median_time(lambda: one_gene("s3://bench/plate.zarr", opts), 5)
+        t_local = timed(lambda: one_gene(store), 5)[1]
+        t_s3 = timed(lambda: one_gene("s3://bench/plate.zarr", opts), 5)[1]
         print(f"one gene, local disk: {t_local * 1e3:.0f} ms; S3 server on 127.0.0.1: "
               f"{t_s3 * 1e3:.0f} ms ({t_s3 / t_local:.1f}x)")
     finally:

@@ -10,15 +10,10 @@ import tempfile
 from . import common
 
 
-class Convert:
-    params = common.sizes()
-    param_names = ["cells"]
+class Convert(common.PlateBenchmark):
     number = 1
     repeat = (1, 3, 120.0)
     timeout = 1800
-
-    def setup_cache(self):
-        return common.all_plates()
 
     def setup(self, plates, n):
         self.src = plates[n]["h5ad"]

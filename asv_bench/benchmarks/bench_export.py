@@ -11,15 +11,10 @@ import numpy as np
 from . import common
 
 
-class Export:
-    params = common.sizes()
-    param_names = ["cells"]
+class Export(common.PlateBenchmark):
     number = 1
     repeat = (1, 3, 120.0)
     timeout = 1800
-
-    def setup_cache(self):
-        return common.all_plates()
 
     def setup(self, plates, n):
         self.tmp = tempfile.mkdtemp(dir=common.data_dir())
@@ -36,17 +31,12 @@ class Export:
         common.h5py_read(plates[n]["h5ad"])
 
 
-class Loader:
+class Loader(common.PlateBenchmark):
     """Batches of 1,024 shuffled cells, all genes, sparse: one epoch in this process."""
 
-    params = common.sizes()
-    param_names = ["cells"]
     number = 1
     repeat = (1, 3, 120.0)
     timeout = 1800
-
-    def setup_cache(self):
-        return common.all_plates()
 
     def setup(self, plates, n):
         try:

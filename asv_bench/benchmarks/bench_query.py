@@ -10,12 +10,7 @@ from . import common
 GENE = common.GENE
 
 
-class Open:
-    params = common.sizes()
-    param_names = ["cells"]
-
-    def setup_cache(self):
-        return common.all_plates()
+class Open(common.PlateBenchmark):
 
     def time_open(self, plates, n):
         import scdask
@@ -38,17 +33,12 @@ class Open:
         anndata.experimental.read_lazy(plates[n]["h5ad"])
 
 
-class OneGene:
+class OneGene(common.PlateBenchmark):
     """count, max and mean of one gene over every cell (the headline query)."""
 
-    params = common.sizes()
-    param_names = ["cells"]
     number = 1
     repeat = (1, 5, 60.0)
     timeout = 900
-
-    def setup_cache(self):
-        return common.all_plates()
 
     def setup(self, plates, n):
         common.warm(plates[n]["store"])
@@ -89,16 +79,11 @@ class OneGene:
         (col.size, col.max(), col.astype(np.float64).mean())
 
 
-class Selections:
+class Selections(common.PlateBenchmark):
     """Selections that compose with reductions: many genes, a cell range, an obs filter."""
 
-    params = common.sizes()
-    param_names = ["cells"]
     number = 1
     repeat = (1, 5, 60.0)
-
-    def setup_cache(self):
-        return common.all_plates()
 
     def setup(self, plates, n):
         import scdask

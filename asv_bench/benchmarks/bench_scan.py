@@ -7,9 +7,7 @@ import dask
 from . import common
 
 
-class Scans:
-    params = common.sizes()
-    param_names = ["cells"]
+class Scans(common.PlateBenchmark):
     number = 1
     repeat = (1, 3, 120.0)
     timeout = 1800

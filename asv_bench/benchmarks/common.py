@@ -138,3 +138,13 @@ def h5py_pseudobulk(path: str, by: list[str], n_genes: int, step: int = 16384) -
             acc[1] += (ind @ slab.multiply(slab)).toarray()
             acc[2] += (ind @ (slab != 0).astype(np.float64)).toarray()
     return tuple(acc)
+
+
+class PlateBenchmark:
+    """Shared by the benchmark classes: one parameter (cells), inputs generated once."""
+
+    params = sizes()
+    param_names = ["cells"]
+
+    def setup_cache(self):
+        return all_plates()
