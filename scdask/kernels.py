@@ -239,16 +239,17 @@ def count_cells(starts, ends, rows, counts):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def scatter_rows(starts, ends, vals, rows, dest, indptr, fill_pos, out_indices, out_data):  # pragma: no cover
-    """Gene-major entries into cell-major CSR rows: cell ``r`` goes to row ``dest[r]``
-    (skipped when negative); ``fill_pos`` is each output row's next free slot. Genes
-    are visited in order, so each row's column indices come out sorted."""
-    for j in range(starts.shape[0]):
+def scatter_rows(starts, ends, vals, rows, lo, hi, fill, out_indices, out_data):  # pragma: no cover
+    """Genes ``lo:hi`` of gene-major entries into cell-major CSR rows: ``fill[r]`` is the
+    next free slot of stored cell ``r``'s output row (negative: the cell is skipped), so
+    a shuffled output costs no more than an ordered one. Genes are visited in order, so
+    each row's column indices come out sorted."""
+    for j in range(lo, hi):
         for k in range(starts[j], ends[j]):
-            d = dest[rows[k]]
-            if d < 0:
+            r = rows[k]
+            p = fill[r]
+            if p < 0:
                 continue
-            p = fill_pos[d]
-            fill_pos[d] = p + 1
+            fill[r] = p + 1
             out_indices[p] = j
             out_data[p] = vals[k]

@@ -72,6 +72,9 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         ``torch.distributed`` when initialised, else 0 of 1).
     var
         The matrix to read.
+    threads
+        Threads that read and transpose row groups, one buffer ahead of the batches
+        (default: the cores available, at most 8; 1 inside a DataLoader worker).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         rank: int | None = None,
         world_size: int | None = None,
         var: str = "X",
+        threads: int | None = None,
     ) -> None:
         import xarray as xr
 
@@ -126,6 +130,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         self.shuffle, self.seed, self.buffer_groups = shuffle, int(seed), max(1, buffer_groups)
         self.normalize, self.log1p, self.sparse, self.drop_last = normalize, log1p, sparse, drop_last
         self.rank, self.world_size = rank, world_size
+        self.threads = threads
         self.epoch = 0
         self._parts = False  # set by loader(): batches leave workers as plain tensors
         self.obs_names = list(obs)
@@ -176,55 +181,110 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
 
     # -- reading -------------------------------------------------------------------
     def _read(self, sel: GroupSel) -> tuple[np.ndarray, ...]:
-        """One row group's entries of the selected genes, gene-major, with per-cell counts."""
-        from scdask import kernels
+        """One row group's entries of the selected genes, gene-major (the selection's order)."""
         from scdask.expr import Expr
 
         starts, ends, vals, rows = _group_values(sel.part, sel.group, self.unique, Expr(), True)
         if self.inverse is not None:  # the selection's gene order, repeats included
             starts, ends = starts[self.inverse], ends[self.inverse]
-        counts = np.zeros(sel.n_rows, dtype=np.int64)
-        kernels.count_cells(starts, ends, rows, counts)
-        local = np.arange(sel.n_rows) if sel.local is None else sel.local
-        return starts, ends, vals, rows, counts[local], local
+        return starts, ends, vals, rows
+
+    def _n_threads(self) -> int:
+        if self.threads is not None:
+            return max(1, int(self.threads))
+        if _torch().utils.data.get_worker_info() is not None:
+            return 1  # DataLoader workers are the parallelism already
+        return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else (os.cpu_count() or 1), 8))
 
     def buffers(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """This shard's cells, a buffer of row groups at a time, as shuffled CSR.
 
         Yields ``(indptr, indices, data, cells)``: the buffer's cells in their
-        shuffled order (positions in the selection) and their rows. The transpose
-        from the stored gene-major layout writes each cell straight to its shuffled
-        row, so a buffer costs its stored entries (4 bytes each) plus its CSR
-        (8 bytes each), and nothing is copied again for batches.
+        shuffled order (positions in the selection) and their rows. With more than
+        one thread, the next buffer is read and transposed while this one is used,
+        each transpose split over the threads by ranges of genes.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
+        shard = self._shard()
+        groups = self.groups()
+        chunks = [groups[b : b + self.buffer_groups]
+                  for b in range(0, len(groups), self.buffer_groups)]
+        n = self._n_threads()
+        if n == 1:
+            for i, chunk in enumerate(chunks):
+                yield self._buffer(i, chunk, shard, None, 1)
+            return
+        pool, ahead = ThreadPoolExecutor(n), ThreadPoolExecutor(1)
+        try:
+            nxt = ahead.submit(self._buffer, 0, chunks[0], shard, pool, n) if chunks else None
+            for i in range(len(chunks)):
+                out = nxt.result()
+                if i + 1 < len(chunks):  # one buffer ahead: memory stays two buffers
+                    nxt = ahead.submit(self._buffer, i + 1, chunks[i + 1], shard, pool, n)
+                yield out
+                del out
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
+
+    def _buffer(self, index: int, chunk: list[GroupSel], shard: tuple[int, int],
+                pool: Any, n_threads: int) -> tuple[np.ndarray, ...]:
+        """Buffer ``index`` of this shard's epoch: its row groups read and transposed
+        straight into shuffled CSR (stored entries 4 bytes each, CSR 8 bytes each)."""
         from scdask import kernels
         from scdask.convert import _release_memory
 
-        rng = np.random.default_rng((self.seed, self.epoch, *self._shard()))
-        groups = self.groups()
-        for b in range(0, len(groups), self.buffer_groups):
-            chunk = groups[b : b + self.buffer_groups]
-            reads = [self._read(g) for g in chunk]
-            cells = np.concatenate([np.arange(g.first, g.first + g.count) for g in chunk])
-            counts = np.concatenate([r[4] for r in reads])
-            order = rng.permutation(len(cells)) if self.shuffle else np.arange(len(cells))
-            indptr = np.zeros(len(cells) + 1, dtype=np.int64)
-            np.cumsum(counts[order], out=indptr[1:])
-            dest_of = np.empty(len(cells), dtype=np.int64)
-            dest_of[order] = np.arange(len(cells))  # buffer position -> output row
-            indices = np.empty(int(indptr[-1]), dtype=np.int32)
-            data = np.empty(int(indptr[-1]), dtype=np.float32)
-            fill_pos = indptr[:-1].copy()
-            offset = 0
-            for g, (starts, ends, vals, rows, _, local) in zip(chunk, reads, strict=True):
-                dest = np.full(g.n_rows, -1, dtype=np.int64)
-                dest[local] = dest_of[offset : offset + len(local)]
-                kernels.scatter_rows(starts, ends, vals, rows, dest, indptr, fill_pos, indices,
-                                     data)
-                offset += len(local)
-            del reads
-            _release_memory()  # the stored entries are freed: hand them back to the OS
-            yield indptr, indices, data, cells[order]
+        def run(fn: Any, tasks: list[tuple[Any, ...]]) -> list[Any]:
+            if pool is None:
+                return [fn(*t) for t in tasks]
+            return list(pool.map(lambda t: fn(*t), tasks))
+
+        reads = run(self._read, [(g,) for g in chunk])
+        # genes cut into ranges of about equal entries, one transpose task each
+        cuts = [np.searchsorted(r[1], np.linspace(0, r[1][-1] if len(r[1]) else 0,
+                                                  n_threads + 1)[1:-1]) for r in reads]
+        ranges = [list(zip([0, *c], [*c, len(r[0])], strict=True)) for r, c in zip(reads, cuts,
+                                                                                    strict=True)]
+
+        def count(r: tuple[np.ndarray, ...], n_rows: int, lo: int, hi: int) -> np.ndarray:
+            c = np.zeros(n_rows, dtype=np.int64)
+            kernels.count_cells(r[0][lo:hi], r[1][lo:hi], r[3], c)
+            return c
+
+        counts = run(count, [(r, g.n_rows, lo, hi) for r, g, rg in zip(reads, chunk, ranges,
+                                                                           strict=True)
+                             for lo, hi in rg])
+        locals_ = [np.arange(g.n_rows) if g.local is None else g.local for g in chunk]
+        per_group, k = [], 0  # each group's counts per gene range
+        for rg in ranges:
+            per_group.append(counts[k : k + len(rg)])
+            k += len(rg)
+        cell_counts = np.concatenate([sum(c)[loc] for c, loc in zip(per_group, locals_,
+                                                                    strict=True)])
+        cells = np.concatenate([np.arange(g.first, g.first + g.count) for g in chunk])
+        rng = np.random.default_rng((self.seed, self.epoch, *shard, index))
+        order = rng.permutation(len(cells)) if self.shuffle else np.arange(len(cells))
+        indptr = np.zeros(len(cells) + 1, dtype=np.int64)
+        np.cumsum(cell_counts[order], out=indptr[1:])
+        row_of = np.empty(len(cells), dtype=np.int64)
+        row_of[order] = np.arange(len(cells))  # buffer position -> output row
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        tasks, offset = [], 0
+        for g, r, rg, cs, loc in zip(chunk, reads, ranges, per_group, locals_, strict=True):
+            fill = np.full(g.n_rows, -1, dtype=np.int64)  # next free slot of each stored cell
+            fill[loc] = indptr[row_of[offset : offset + len(loc)]]
+            offset += len(loc)
+            for (lo, hi), c in zip(rg, cs, strict=True):
+                tasks.append((r[0], r[1], r[2], r[3], lo, hi, fill.copy()))
+                fill[loc] += c[loc]
+        run(lambda st, en, va, ro, lo, hi, fi: kernels.scatter_rows(
+            st, en, va, ro, lo, hi, fi, indices, data), tasks)
+        del reads, tasks
+        _release_memory()  # the stored entries are freed: hand them back to the OS
+        return indptr, indices, data, cells[order]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         bs = self.batch_size
@@ -293,10 +353,14 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     return codes.astype(np.int64), list(cats)
 
 
-def loader(data: Any, *, num_workers: int = 2, **kwargs: Any) -> Any:
+def loader(data: Any, *, num_workers: int = 0, **kwargs: Any) -> Any:
     """A ``torch.utils.data.DataLoader`` over :class:`CellDataset` batches.
 
-    Workers start with ``forkserver`` (not ``fork``: zarr's I/O thread does not
+    By default the batches are made in this process: the dataset's threads read
+    and transpose the next buffer (compiled code and decompression, outside the
+    GIL) while the training step runs, which is faster than worker processes
+    because no batch has to be copied between processes. With ``num_workers > 0``,
+    workers start with ``forkserver`` (not ``fork``: zarr's I/O thread does not
     survive a fork), stay alive between epochs, and each reads its own row groups.
     Sparse batches cross from the workers as their three plain tensors (shared
     memory) and become ``torch.sparse_csr_tensor`` in this process. Call

@@ -3,9 +3,9 @@
     python scripts/measure_loader.py PLATE.h5ad PLATE.zarr
 
 Prints cells/s (the second of two epochs, workers already started) and peak RSS
-(process tree) of an epoch, all genes, sparse CSR
-batches of 1,024 shuffled cells: in-process, and through ``scdask.ml.loader`` with 1 and 2
-worker processes; then a naive loader that reads random batches of rows from anndata's
+(process tree) of an epoch, all genes, sparse CSR batches of 1,024 shuffled cells: in this
+process with 1 and 2 threads (``loader``'s default), and through DataLoader worker processes
+(1 and 2, one thread each); then a naive loader that reads random batches of rows from anndata's
 backed mode (a time budget of about 30 s, extrapolated to cells/s).
 """
 
@@ -21,8 +21,8 @@ EPOCH = """
 import sys, time, warnings
 warnings.simplefilter("ignore")
 from scdask.ml import CellDataset, loader
-workers = int(sys.argv[2])
-it = (CellDataset(sys.argv[1], batch_size=1024, seed=0) if workers == 0
+threads, workers = int(sys.argv[2]), int(sys.argv[3])
+it = (CellDataset(sys.argv[1], batch_size=1024, seed=0, threads=threads) if workers == 0
       else loader(sys.argv[1], num_workers=workers, batch_size=1024, seed=0))
 for epoch in range(2):  # the first epoch starts the workers; the second is timed
     (it if workers == 0 else it.dataset).set_epoch(epoch)
@@ -54,13 +54,14 @@ print(n, n / (time.perf_counter() - t))
 
 def main() -> None:
     h5ad, store = sys.argv[1], sys.argv[2]
-    for workers in (0, 1, 2):
+    for threads, workers in ((1, 0), (2, 0), (1, 1), (1, 2)):
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", EPOCH, store, str(workers)],
-                             capture_output=True, text=True, check=True)
-        rc, peak = peak_tree_rss([sys.executable, "-c", EPOCH, store, str(workers)])
+        cmd = [sys.executable, "-c", EPOCH, store, str(threads), str(workers)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rc, peak = peak_tree_rss(cmd)
         n, rate = out.stdout.split()
-        label = "in-process" if workers == 0 else f"{workers} loader worker(s)"
+        label = (f"in-process, {threads} thread(s)" if workers == 0
+                 else f"{workers} DataLoader worker process(es)")
         print(f"scdask {label}: {int(n):,} cells, {float(rate):,.0f} cells/s, peak RSS "
               f"{peak / 1e9:.2f} GB ({time.perf_counter() - t:.0f} s)")
     out = subprocess.run([sys.executable, "-c", NAIVE, h5ad], capture_output=True, text=True,

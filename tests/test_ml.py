@@ -24,9 +24,11 @@ def _rows(batch):
     return (X.to_dense() if X.layout == torch.sparse_csr else X).numpy()
 
 
-def test_batches_equal_source_rows(tiny_store, ref):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batches_equal_source_rows(tiny_store, ref, threads):
     a, X = ref
-    ds = CellDataset(tiny_store, batch_size=256, obs=["drug", "gene_count"], seed=3)
+    ds = CellDataset(tiny_store, batch_size=256, obs=["drug", "gene_count"], seed=3,
+                     threads=threads)
     seen = []
     for batch in ds:
         cells = batch["cell"].numpy()
@@ -42,12 +44,13 @@ def test_batches_equal_source_rows(tiny_store, ref):
 
 
 def test_seed_reproduces_and_epoch_changes_order(tiny_store):
-    def order(seed, epoch):
-        ds = CellDataset(tiny_store, batch_size=500, seed=seed)
+    def order(seed, epoch, threads=None):
+        ds = CellDataset(tiny_store, batch_size=500, seed=seed, threads=threads)
         ds.set_epoch(epoch)
         return np.concatenate([b["cell"].numpy() for b in ds])
 
     assert (order(1, 0) == order(1, 0)).all()
+    assert (order(1, 0, threads=1) == order(1, 0, threads=4)).all()  # threads change nothing
     assert not (order(1, 0) == order(1, 1)).all()
     assert not (order(1, 0) == order(2, 0)).all()
 
@@ -66,11 +69,12 @@ def test_ranks_and_workers_cover_each_cell_once(tiny_store, ref):
     assert len(seen) == a.n_obs and len(np.unique(seen)) == a.n_obs
 
 
-def test_gene_subset_filter_normalise_dense(tiny_store, ref):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gene_subset_filter_normalise_dense(tiny_store, ref, threads):
     a, X = ref
-    genes = ["MT-CYB", "C1orf112", "TNMD"]
+    genes = ["MT-CYB", "C1orf112", "TNMD", "C1orf112"]  # a repeat, as in any selection
     ds = CellDataset(tiny_store, genes=genes, where={"phase": ["S", "G2M"]}, normalize=1e4,
-                     log1p=True, sparse=False, batch_size=128)
+                     log1p=True, sparse=False, batch_size=128, threads=threads)
     keep = np.flatnonzero(a.obs["phase"].astype(str).isin(["S", "G2M"]).to_numpy())
     pos = [list(a.var_names).index(g) for g in genes]
     totals = X.sum(1, dtype=np.float64)

@@ -32,7 +32,8 @@ class Export(common.PlateBenchmark):
 
 
 class Loader(common.PlateBenchmark):
-    """Batches of 1,024 shuffled cells, all genes, sparse: one epoch in this process."""
+    """Batches of 1,024 shuffled cells, all genes, sparse: one epoch in this process (the
+    default threads: every core; and one thread)."""
 
     number = 1
     repeat = (1, 3, 120.0)
@@ -52,6 +53,12 @@ class Loader(common.PlateBenchmark):
         from scdask.ml import CellDataset
 
         for _ in CellDataset(plates[n]["store"], batch_size=1024, seed=0):
+            pass
+
+    def time_epoch_1_thread(self, plates, n):
+        from scdask.ml import CellDataset
+
+        for _ in CellDataset(plates[n]["store"], batch_size=1024, seed=0, threads=1):
             pass
 
     def time_baseline_anndata_backed_20_random_batches(self, plates, n):
