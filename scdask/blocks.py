@@ -32,20 +32,27 @@ class GroupBlock:
         return int(self.colptr[-1])
 
 
+# Genes per pass of the scatter (see _scatter); 16,384 was fastest on a 2 MB-L2 machine.
+_GENE_BLOCK = 16384
+
+
 @numba.njit(cache=True, nogil=True)
-def _survey(indptr, indices, data, n_cols, counts, cell_nnz, cell_f):  # pragma: no cover
+def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f):  # pragma: no cover
     """One pass over CSR rows: non-zeros per column and statistics per row.
 
-    Returns ``(first bad entry or -1, some row unsorted, all values fit uint16)``.
-    Only ``counts`` is accessed out of order, so the pass runs at memory speed.
+    Returns ``(first bad entry or -1, some row unsorted, all values fit uint16)``
+    (the last checked only with ``check_fits``). Only ``counts`` is accessed out of
+    order, and NaN is tracked by a flag rather than in every min/max, so the pass
+    runs at memory speed.
     """
-    fits = True
+    fits = check_fits
     unsorted = False
     for r in range(indptr.shape[0] - 1):
         acc = 0.0
         acc2 = 0.0
         mn = np.inf
         mx = -np.inf
+        nan = False
         cnt = 0
         prev = -1
         for k in range(indptr[r], indptr[r + 1]):
@@ -64,31 +71,45 @@ def _survey(indptr, indices, data, n_cols, counts, cell_nnz, cell_f):  # pragma:
             cnt += 1
             acc += v
             acc2 += v * v
-            mn = _min(mn, v)
-            mx = _max(mx, v)
+            nan |= v != v
+            mn = min(mn, v)
+            mx = max(mx, v)
         cell_nnz[r] = cnt
         cell_f[r, 0] = acc
         cell_f[r, 1] = acc2
-        cell_f[r, 2] = mn
-        cell_f[r, 3] = mx
+        cell_f[r, 2] = np.nan if nan else mn
+        cell_f[r, 3] = np.nan if nan else mx
     return -1, unsorted, fits
 
 
 @numba.njit(cache=True, nogil=True)
 def _scatter(indptr, indices, data, colptr, out_rows, out_data):  # pragma: no cover - compiled
-    """Counting-sort scatter of the non-zero entries into gene-major order."""
+    """Counting-sort scatter of the non-zero entries into gene-major order.
+
+    Genes are taken in blocks (rows sorted by column make each row's entries in a
+    block one run), so the writes go to a few thousand genes' places at a time and
+    stay in cache.
+    """
     n_cols = colptr.shape[0] - 1
+    n_rows = indptr.shape[0] - 1
     nxt = colptr[:n_cols].copy()
-    for r in range(indptr.shape[0] - 1):
-        for k in range(indptr[r], indptr[r + 1]):
-            v = data[k]
-            if v == 0:
-                continue
-            j = indices[k]
-            pos = nxt[j]
-            nxt[j] = pos + 1
-            out_rows[pos] = r
-            out_data[pos] = v
+    cur = indptr[:n_rows].copy()
+    for g1 in range(_GENE_BLOCK, n_cols + _GENE_BLOCK, _GENE_BLOCK):
+        for r in range(n_rows):
+            k = cur[r]
+            e = indptr[r + 1]
+            while k < e:
+                j = indices[k]
+                if j >= g1:
+                    break
+                v = data[k]
+                if v != 0:
+                    pos = nxt[j]
+                    nxt[j] = pos + 1
+                    out_rows[pos] = r
+                    out_data[pos] = v
+                k += 1
+            cur[r] = k
 
 
 @dataclasses.dataclass
@@ -134,7 +155,9 @@ def to_group(block: CSRBlock, dtype: np.dtype | str | None = None) -> Converted:
     for attempt in range(2):
         counts = np.zeros(b.n_cols, dtype=np.int64)
         cells = empty_stats(b.n_rows)
-        bad, unsorted, fits = _survey(b.indptr, b.indices, b.data, b.n_cols, counts, *cells)
+        check = out_dtype != b.data.dtype
+        bad, unsorted, fits = _survey(b.indptr, b.indices, b.data, b.n_cols, check, counts,
+                                      *cells)
         if bad >= 0:
             raise FormatError(
                 f"column index {int(b.indices[bad])} at entry {bad} of the slab is outside "
@@ -202,6 +225,7 @@ def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
         acc2 = 0.0
         mn = np.inf
         mx = -np.inf
+        nan = False
         cnt = 0
         for k in range(ptr[s], ptr[s + 1]):
             v = np.float64(values[k])
@@ -210,13 +234,14 @@ def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
             cnt += 1
             acc += v
             acc2 += v * v
-            mn = _min(mn, v)
-            mx = _max(mx, v)
+            nan |= v != v
+            mn = min(mn, v)
+            mx = max(mx, v)
         out_nnz[s] += cnt
         out_f[s, 0] += acc
         out_f[s, 1] += acc2
-        out_f[s, 2] = _min(out_f[s, 2], mn)
-        out_f[s, 3] = _max(out_f[s, 3], mx)
+        out_f[s, 2] = _min(out_f[s, 2], np.nan if nan else mn)
+        out_f[s, 3] = _max(out_f[s, 3], np.nan if nan else mx)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -603,9 +603,10 @@ def convert(
     # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.
     plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
     loc = Location(os.fspath(dst), storage_options)
-    # metadata last: it fills the slot the last partitions leave idle
-    todo: list[int | str] = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
-    todo += [] if loc.exists(_METADATA_DONE) else [_METADATA]
+    # Longest first, so the workers finish together: the metadata task (anndata's import
+    # and obs) takes longer than a partition, and the last partition is the smallest.
+    todo: list[int | str] = [] if loc.exists(_METADATA_DONE) else [_METADATA]
+    todo += [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
     if executor is None:
         budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
         per = estimate_partition_bytes(H5ADSource(plan.source), plan)

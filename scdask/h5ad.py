@@ -184,7 +184,10 @@ class H5ADSource:
         if info.format == "dense":
             return np.zeros(0, info.dtype)
         data = self.file[name]["data"]
-        return np.asarray(data[: min(n, data.shape[0])])
+        try:
+            return np.asarray(data[: min(n, data.shape[0])])
+        except OSError as e:
+            raise self._error(f"{name}/data", f"entries 0:{n} could not be read ({e})") from e
 
     def read_rows(
         self, name: str, start: int, stop: int, value_dtype: np.dtype | str | None = None
@@ -341,19 +344,53 @@ def _read_csr_rows(
 
 
 def _read_cast(dset: h5py.Dataset, lo: int, hi: int, cast: Any) -> np.ndarray:
-    """``cast(dset[lo:hi])``, read in pieces aligned to the dataset's chunks."""
+    """``cast(dset[lo:hi])``, read in pieces aligned to the dataset's chunks (one chunk
+    at a time, still in cache when cast, when the chunks are inflated here)."""
+    inflate = _inflater(dset)
     step = dset.chunks[0] if dset.chunks else 1 << 20
-    step *= max(1, (1 << 20) // step)
+    if inflate is None:
+        step *= max(1, (1 << 20) // step)
     out = None
     a = lo
     while a < hi:
         b = min(hi, (a // step + 1) * step)
-        piece = cast(dset[a:b], a - lo)
+        piece = cast(dset[a:b] if inflate is None else _read_inflated(dset, a, b, inflate),
+                     a - lo)
         if out is None:
             out = np.empty(hi - lo, dtype=piece.dtype)
         out[a - lo : b - lo] = piece
         a = b
     return out if out is not None else cast(dset[lo:lo], 0)
+
+
+def _inflater(dset: h5py.Dataset) -> Any:
+    """A faster inflate for a 1-D dataset compressed with deflate alone (how anndata and
+    h5py write gzip), or ``None`` to let HDF5 decode it.
+
+    HDF5 inflates with zlib; ISA-L's inflate (the ``isal`` package) is about 1.5×
+    faster, and reading each chunk's bytes directly also skips HDF5's selection and
+    chunk-cache machinery: a gzip H5AD's X then reads about twice as fast.
+    """
+    if dset.ndim != 1 or not dset.chunks or set(dset._filters) != {"gzip"}:
+        return None
+    try:
+        from isal.isal_zlib import decompress
+    except ImportError:  # pragma: no cover - isal has wheels for the common platforms
+        from zlib import decompress
+    return decompress
+
+
+def _read_inflated(dset: h5py.Dataset, a: int, b: int, inflate: Any) -> np.ndarray:
+    """``dset[a:b]``, within one chunk, decoded from the chunk's stored bytes."""
+    c0 = a - a % dset.chunks[0]
+    try:
+        mask, raw = dset.id.read_direct_chunk((c0,))
+        values = np.frombuffer(inflate(raw), dtype=dset.dtype) if mask == 0 else None
+    except Exception:  # a chunk never written, or corrupt: HDF5 fills it or names the problem
+        values = None
+    if values is None or len(values) < b - c0:
+        return dset[a:b]
+    return values[a - c0 : b - c0]
 
 
 def _cast_indices(indices: np.ndarray, n_cols: int, at: int) -> np.ndarray:

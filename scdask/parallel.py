@@ -84,20 +84,22 @@ def run(
     else:
         pool = as_executor(executor)
     results: list[Any] = [None] * len(args)
+    futures: dict[Any, int] = {}
     try:
-        futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+        for i, a in enumerate(args):
+            futures[pool.submit(fn, *a)] = i
         with tqdm(total=len(futures), desc=desc, disable=_no_bar(progress), unit="part") as bar:
             for future in _as_completed(futures):
                 i = futures[future]
                 try:
                     results[i] = future.result()
                 except cf.process.BrokenProcessPool as e:
-                    raise MemoryError(
-                        f"a worker process died while running {desc} {i} (its error output, "
-                        "above, tells why); most often it ran out of memory: use fewer workers, "
-                        "a smaller row_group_size, or a larger memory_budget"
-                    ) from e
+                    raise _died(desc, i) from e
                 bar.update(1)
+    except cf.process.BrokenProcessPool as e:  # already broken when a task was submitted
+        for f in futures:
+            f.cancel()
+        raise _died(desc, len(futures)) from e
     except BaseException:
         for f in futures:
             f.cancel()
@@ -106,6 +108,14 @@ def run(
         if own:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _died(desc: str, i: int) -> MemoryError:
+    return MemoryError(
+        f"a worker process died while running {desc} {i} (its error output, above, tells "
+        "why); most often it ran out of memory: use fewer workers, a smaller row_group_size, "
+        "or a larger memory_budget"
+    )
 
 
 def _as_completed(futures: Iterable[Any]) -> Iterable[Any]:

@@ -275,3 +275,51 @@ def test_normalised_values_are_not_narrowed(tmp_path):
     _write_h5ad(src, X)
     scdask.convert(src, tmp_path / "norm.zarr", workers=0)
     assert Store(tmp_path / "norm.zarr").matrix("X")["stored_dtype"] == "<f4"
+
+
+def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
+    from scdask.h5ad import _inflater, _read_cast
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        x = rng.integers(0, 1000, 10_007).astype(np.float32)
+        f.create_dataset("gzip", data=x, chunks=(999,), compression="gzip")
+        f.create_dataset("big_endian", data=x.astype(">f4"), chunks=(999,), compression="gzip")
+        f.create_dataset("shuffle", data=x, chunks=(999,), compression="gzip", shuffle=True)
+        part = f.create_dataset("unwritten", shape=(10_007,), dtype="i4", chunks=(999,),
+                                compression="gzip", fillvalue=7)
+        part[:3000] = np.arange(3000)  # chunks beyond are never written: HDF5 fills them
+        assert _inflater(f["gzip"]) is not None and _inflater(f["shuffle"]) is None
+        for name in ("gzip", "big_endian", "shuffle", "unwritten"):
+            d = f[name]
+            for lo, hi in [(0, 10_007), (5, 998), (998, 1000), (2500, 9001), (10_006, 10_007)]:
+                got = _read_cast(d, lo, hi, lambda a, at: a)
+                np.testing.assert_array_equal(got, d[lo:hi], err_msg=f"{name}[{lo}:{hi}]")
+
+
+def test_corrupt_gzip_chunk_is_named(tmp_path):
+    p = tmp_path / "bad.h5ad"
+    _write_h5ad(p, sp.random(3000, 100, density=0.3, format="csr", dtype=np.float32,
+                             random_state=0))
+    with h5py.File(p, "a") as f:  # gzip chunks of 500 entries, as a writer might choose
+        data = f["X/data"][:]
+        del f["X/data"]
+        f.create_dataset("X/data", data=data, chunks=(500,), compression="gzip")
+    clean = p.read_bytes()
+
+    def corrupt(chunk):
+        with h5py.File(p, "r") as f:
+            info = f["X/data"].id.get_chunk_info(chunk)
+        raw = bytearray(clean)
+        raw[info.byte_offset + 10 : info.byte_offset + 60] = b"\x00" * 50
+        p.write_bytes(bytes(raw))
+
+    corrupt(0)  # read while planning (a sample of the values)
+    with pytest.raises(FormatError, match=r"bad\.h5ad: X/data: entries 0:\d+ could not be read"):
+        scdask.convert(p, tmp_path / "o.zarr", workers=0)
+    assert not (tmp_path / "o.zarr").exists()
+    corrupt(179)  # the last of 180 chunks: read by the partition of rows 2816:3000
+    with pytest.raises(FormatError, match=r"bad\.h5ad: X: rows 2816:3000 could not be read"):
+        scdask.convert(p, tmp_path / "o.zarr", row_group_size=256, workers=0)
+    with pytest.raises(IncompleteStoreError):
+        Store(tmp_path / "o.zarr")
