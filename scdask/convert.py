@@ -603,10 +603,7 @@ def convert(
     # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.
     plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
     loc = Location(os.fspath(dst), storage_options)
-    # Longest first, so the workers finish together: the metadata task (anndata's import
-    # and obs) takes longer than a partition, and the last partition is the smallest.
-    todo: list[int | str] = [] if loc.exists(_METADATA_DONE) else [_METADATA]
-    todo += [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
+    todo: list[int | str] = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
     if executor is None:
         budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
         per = estimate_partition_bytes(H5ADSource(plan.source), plan)
@@ -624,6 +621,12 @@ def convert(
             )
         else:
             workers = min(requested, cap)
+    if not loc.exists(_METADATA_DONE):
+        # The metadata task (anndata's import, then obs) takes about two partitions' time
+        # and leaves its worker larger: started with two partitions per other worker still
+        # to go, it ends with them and no partition runs after it in that worker.
+        n_other = 1 if executor is not None or not workers else max(1, workers - 1)
+        todo.insert(max(0, len(todo) - 2 * n_other), _METADATA)
     args = [(os.fspath(dst), t, storage_options) for t in todo]
     try:
         parallel.run(_convert_task, args, workers=workers, executor=executor,
