@@ -366,8 +366,9 @@ def convert_partition(
     _check_source(plan)
     src = H5ADSource(plan.source)
     from scdask.blocks import to_group  # compiled kernels: imported where they run
+    from scdask.codecs import implementations
 
-    with zarr.config.set(_WRITE_CONFIG):
+    with zarr.config.set(_WRITE_CONFIG), implementations():
         nnz = _convert_rows(root, plan, src, partition, to_group)
     src.close()
     with loc.open(_marker(partition), "wb") as f:

@@ -109,8 +109,11 @@ class Store:
     @functools.cache  # noqa: B019 - a Store lives as long as its arrays
     def array(self, path: str) -> zarr.Array:
         """A Zarr array of the store, e.g. ``X/data``."""
+        from scdask.codecs import implementations
+
         try:
-            return self.root[path]
+            with implementations():
+                return self.root[path]
         except KeyError:
             raise FormatError(f"{self.url}: array {path} is missing") from None
 
