@@ -512,10 +512,12 @@ def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, A
 
 
 def _active_client() -> Any:
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
+    import sys
+
+    if "distributed" not in sys.modules:  # no Client without it; importing it costs 75 MB
         return None
+    from distributed import default_client
+
     try:
         return default_client()
     except ValueError:  # no client
@@ -599,7 +601,6 @@ def convert(
     >>> scdask.convert("plate7.h5ad", "plate7.zarr")  # doctest: +SKIP
     """
     from scdask import parallel
-    from scdask.metadata import warn_dropped
 
     if executor is None and workers is None:
         executor = _active_client()  # a Client the user started is where work runs
@@ -647,6 +648,8 @@ def convert(
                        codecs=dataclasses.replace(plan.codecs, narrow=False), workers=workers,
                        executor=executor, memory_budget=memory_budget, overwrite=True,
                        progress=progress, storage_options=storage_options)
+    from scdask.metadata import warn_dropped  # pandas and pyarrow: not while workers run
+
     warn_dropped(plan.source, convert_metadata(dst, storage_options))
     convert_finalise(dst, storage_options)
     return os.fspath(dst)
