@@ -190,8 +190,6 @@ def convert_init(
         same plan is found, it is returned unchanged so the caller can resume.
     """
     plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
-    from scdask.metadata import warn_dropped
-
     warn_dropped(plan.source, convert_metadata(dst, storage_options))
     return plan
 
@@ -256,7 +254,7 @@ def convert_metadata(
     """Write obs, var, uns, obsm and varm of an initialised conversion.
 
     Returns the elements of the source that are not kept (see
-    :func:`scdask.metadata.warn_dropped`). Safe to rerun: once written, the
+    :func:`warn_dropped`). Safe to rerun: once written, the
     recorded list is returned without reading the source again.
     """
     loc = Location(os.fspath(dst), storage_options)
@@ -511,6 +509,18 @@ def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, A
     return info
 
 
+def warn_dropped(source: str, dropped: list[str]) -> None:
+    """Name, in one warning, every element of ``source`` that the store does not keep."""
+    if dropped:
+        import warnings
+
+        warnings.warn(
+            f"{source}: not kept in the scdask store: " + "; ".join(dropped),
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _active_client() -> Any:
     import sys
 
@@ -648,8 +658,6 @@ def convert(
                        codecs=dataclasses.replace(plan.codecs, narrow=False), workers=workers,
                        executor=executor, memory_budget=memory_budget, overwrite=True,
                        progress=progress, storage_options=storage_options)
-    from scdask.metadata import warn_dropped  # pandas and pyarrow: not while workers run
-
     warn_dropped(plan.source, convert_metadata(dst, storage_options))
     convert_finalise(dst, storage_options)
     return os.fspath(dst)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,13 +124,3 @@ def read_uns(loc: Location) -> dict[str, Any]:
         return {}
     with loc.open(UNS_FILE, "rb") as f:
         return uns_from_json(json.loads(f.read())["uns"])
-
-
-def warn_dropped(source: str, dropped: list[str]) -> None:
-    """Name, in one warning, every element of ``source`` that the store does not keep."""
-    if dropped:
-        warnings.warn(
-            f"{source}: not kept in the scdask store: " + "; ".join(dropped),
-            UserWarning,
-            stacklevel=3,
-        )
