@@ -534,6 +534,46 @@ def _active_client() -> Any:
         return None
 
 
+def _local_workers(source: str | os.PathLike[str], row_group_size: int, chunk_size: int,
+                   codecs: Codecs | None, workers: int | None, memory_budget: int | str) -> int:
+    """Worker processes for a local conversion: as asked (default: the CPUs), as many
+    as ``memory_budget`` holds, at least one (with a warning when even one does not fit)."""
+    from scdask import parallel
+
+    src = H5ADSource(source)
+    try:
+        per = estimate_partition_bytes(src, make_plan(src, row_group_size, chunk_size, codecs))
+    finally:
+        src.close()
+    budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+    requested = parallel.default_workers() if workers is None else workers
+    if per > budget and requested:
+        import warnings
+
+        warnings.warn(
+            f"one partition needs about {format_bytes(per)}, more than memory_budget "
+            f"{format_bytes(budget)}; using 1 worker. Lower row_group_size to fit.",
+            stacklevel=3,
+        )
+    return min(requested, max(1, budget // per)) if requested else 0
+
+
+def _warm_worker() -> None:
+    """Load the compiled kernels in a new worker while the driver prepares the store."""
+    try:
+        import numpy as np
+
+        import scdask.codecs  # noqa: F401
+        import scdask.h5ad  # noqa: F401
+        from scdask.blocks import to_group
+        from scdask.sources import CSRBlock
+
+        one = np.array([1], np.uint16)
+        to_group(CSRBlock(np.array([0, 1]), one - 1, one, 1), np.uint16)
+    except Exception:  # noqa: BLE001 - a task would meet the same problem and report it
+        pass
+
+
 def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
     """Peak memory of one partition: the largest row group of any matrix, read and transposed."""
     boundaries = np.array([plan.group_rows(g)[0] for g in range(plan.n_groups)] + [plan.n_obs])
@@ -614,46 +654,42 @@ def convert(
 
     if executor is None and workers is None:
         executor = _active_client()  # a Client the user started is where work runs
-    # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.
-    plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
-    loc = Location(os.fspath(dst), storage_options)
-    todo: list[int | str] = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
+    pool = None
     if executor is None:
-        budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
-        per = estimate_partition_bytes(H5ADSource(plan.source), plan)
-        cap = max(1, budget // per)
-        requested = parallel.default_workers() if workers is None else workers
-        if requested > cap:
-            workers = cap
-        if per > budget:
-            import warnings
-
-            warnings.warn(
-                f"one partition needs about {format_bytes(per)}, more than memory_budget "
-                f"{format_bytes(budget)}; using 1 worker. Lower row_group_size to fit.",
-                stacklevel=2,
-            )
-        else:
-            workers = min(requested, cap)
-    if not loc.exists(_METADATA_DONE):
-        # The metadata task (anndata's import, then obs) takes about two partitions' time
-        # and leaves its worker larger: started with two partitions per other worker still
-        # to go, it ends with them and no partition runs after it in that worker.
-        n_other = 1 if executor is not None or not workers else max(1, workers - 1)
-        todo.insert(max(0, len(todo) - 2 * n_other), _METADATA)
-    args = [(os.fspath(dst), t, storage_options) for t in todo]
+        workers = _local_workers(source, row_group_size, chunk_size, codecs, workers,
+                                 memory_budget)
+        if workers > 0:  # started before this process touches Zarr (see process_pool)
+            pool = parallel.process_pool(workers, initializer=_warm_worker)
+    lossy = None
     try:
-        parallel.run(_convert_task, args, workers=workers, executor=executor,
+        # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.
+        plan = _init(source, dst, row_group_size, chunk_size, codecs, overwrite,
+                     storage_options)
+        loc = Location(os.fspath(dst), storage_options)
+        todo: list[int | str] = [i for i in range(plan.n_groups) if not loc.exists(_marker(i))]
+        if not loc.exists(_METADATA_DONE):
+            # The metadata task (anndata's import, then obs) takes about two partitions'
+            # time and leaves its worker larger: started with two partitions per other
+            # worker still to go, it ends with them and no partition runs after it there.
+            n_other = 1 if executor is not None or not workers else max(1, workers - 1)
+            todo.insert(max(0, len(todo) - 2 * n_other), _METADATA)
+        args = [(os.fspath(dst), t, storage_options) for t in todo]
+        parallel.run(_convert_task, args, workers=workers, executor=executor or pool,
                      progress=progress, desc="convert")
     except LossyDtypeError as e:
         if not plan.codecs.narrow:
             raise
+        lossy = e
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if lossy is not None:
         # Counts were expected (the values' dtype allows them) but a row group holds
         # something else: start again, storing values in the source dtype.
         import warnings
 
-        warnings.warn(f"{e.args[0].split(';')[0]}: storing values in the source dtype instead",
-                      stacklevel=2)
+        warnings.warn(f"{lossy.args[0].split(';')[0]}: storing values in the source dtype "
+                      "instead", stacklevel=2)
         return convert(source, dst, row_group_size=row_group_size, chunk_size=chunk_size,
                        codecs=dataclasses.replace(plan.codecs, narrow=False), workers=workers,
                        executor=executor, memory_budget=memory_budget, overwrite=True,

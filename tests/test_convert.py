@@ -55,6 +55,47 @@ def test_process_pool_equals_in_process(tiny_plate, tiny_store, tmp_path):
     assert (store_to_csr(a) != store_to_csr(b)).nnz == 0
 
 
+def test_fresh_process_forks_its_workers_and_converts_the_same(tiny_plate, tiny_store, tmp_path):
+    dst = tmp_path / "forked.zarr"
+    code = f"""
+import multiprocessing, scdask
+from scdask import parallel
+methods = []
+real = parallel.process_pool
+def spy(*a, **k):
+    pool = real(*a, **k)
+    methods.append(pool._mp_context.get_start_method())
+    return pool
+parallel.process_pool = spy
+scdask.convert({str(tiny_plate)!r}, {str(dst)!r}, row_group_size=1024, chunk_size=4096,
+               workers=2, progress=False)
+print(methods)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['fork']"]  # no thread yet when the workers started
+    assert (store_to_csr(Store(tiny_store)) != store_to_csr(Store(dst))).nnz == 0
+    assert verify(Store(dst), against=tiny_plate).ok
+
+
+def test_threaded_process_starts_workers_from_a_forkserver():
+    import threading
+
+    from scdask import parallel
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        pool = parallel.process_pool(1)
+        assert pool._mp_context.get_start_method() in ("forkserver", "spawn")
+        assert pool.submit(sum, [1, 2]).result() == 3
+        pool.shutdown()
+    finally:
+        stop.set()
+        t.join()
+
+
 def _write_h5ad(path, X, **kw):
     adata = anndata.AnnData(X=X, **kw)
     adata.write_h5ad(path)
