@@ -24,9 +24,26 @@ class Convert(common.PlateBenchmark):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def time_convert_2_workers(self, plates, n):
+        """A conversion in a session that has already used Zarr: workers from a forkserver."""
         import scdask
 
         scdask.convert(self.src, self.dst, workers=2, overwrite=True, progress=False)
+
+    def track_convert_2_workers_fresh_process(self, plates, n):
+        """Seconds of the ``scdask.convert`` call in a fresh process, as from the command
+        line or a script: the workers are forked, with this process's imports."""
+        import json
+        import subprocess
+
+        code = (f"import json, time, warnings, scdask; warnings.simplefilter('ignore'); "
+                f"t = time.perf_counter(); scdask.convert({self.src!r}, {self.dst!r}, "
+                f"workers=2, overwrite=True, progress=False); "
+                f"print(json.dumps(time.perf_counter() - t))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    track_convert_2_workers_fresh_process.unit = "seconds"
 
     def peakmem_convert_in_process(self, plates, n):
         import scdask
