@@ -241,48 +241,43 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
                 return [fn(*t) for t in tasks]
             return list(pool.map(lambda t: fn(*t), tasks))
 
-        reads = run(self._read, [(g,) for g in chunk])
-        # genes cut into ranges of about equal entries, one transpose task each
-        cuts = [np.searchsorted(r[1], np.linspace(0, r[1][-1] if len(r[1]) else 0,
-                                                  n_threads + 1)[1:-1]) for r in reads]
-        ranges = [list(zip([0, *c], [*c, len(r[0])], strict=True)) for r, c in zip(reads, cuts,
-                                                                                    strict=True)]
-
-        def count(r: tuple[np.ndarray, ...], n_rows: int, lo: int, hi: int) -> np.ndarray:
-            c = np.zeros(n_rows, dtype=np.int64)
-            kernels.count_cells(r[0][lo:hi], r[1][lo:hi], r[3], c)
+        def count(i: int, lo: int, hi: int) -> np.ndarray:
+            c = np.zeros(chunk[i].n_rows, dtype=np.int64)
+            kernels.count_cells(reads[i][0][lo:hi], reads[i][1][lo:hi], reads[i][3], c)
             return c
 
-        counts = run(count, [(r, g.n_rows, lo, hi) for r, g, rg in zip(reads, chunk, ranges,
-                                                                           strict=True)
-                             for lo, hi in rg])
-        locals_ = [np.arange(g.n_rows) if g.local is None else g.local for g in chunk]
-        per_group, k = [], 0  # each group's counts per gene range
-        for rg in ranges:
-            per_group.append(counts[k : k + len(rg)])
-            k += len(rg)
-        cell_counts = np.concatenate([sum(c)[loc] for c, loc in zip(per_group, locals_,
-                                                                    strict=True)])
+        reads = run(self._read, [(g,) for g in chunk])
+        # each group's genes in ranges of about equal entries: one transpose task each
+        tasks = [(i, lo, hi) for i, r in enumerate(reads) for lo, hi in _gene_ranges(r[1],
+                                                                                      n_threads)]
+        counts = run(count, tasks)
+        local = [np.arange(g.n_rows) if g.local is None else g.local for g in chunk]
+        totals = [np.zeros(g.n_rows, dtype=np.int64) for g in chunk]
+        for (i, _, _), c in zip(tasks, counts, strict=True):
+            totals[i] += c
         cells = np.concatenate([np.arange(g.first, g.first + g.count) for g in chunk])
         rng = np.random.default_rng((self.seed, self.epoch, *shard, index))
         order = rng.permutation(len(cells)) if self.shuffle else np.arange(len(cells))
+        cell_counts = np.concatenate([t[loc] for t, loc in zip(totals, local, strict=True)])
         indptr = np.zeros(len(cells) + 1, dtype=np.int64)
         np.cumsum(cell_counts[order], out=indptr[1:])
         row_of = np.empty(len(cells), dtype=np.int64)
         row_of[order] = np.arange(len(cells))  # buffer position -> output row
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
         data = np.empty(int(indptr[-1]), dtype=np.float32)
-        tasks, offset = [], 0
-        for g, r, rg, cs, loc in zip(chunk, reads, ranges, per_group, locals_, strict=True):
-            fill = np.full(g.n_rows, -1, dtype=np.int64)  # next free slot of each stored cell
-            fill[loc] = indptr[row_of[offset : offset + len(loc)]]
+        fill, offset = [], 0  # per group: each stored cell's next free slot, -1 if not selected
+        for g, loc in zip(chunk, local, strict=True):
+            f = np.full(g.n_rows, -1, dtype=np.int64)
+            f[loc] = indptr[row_of[offset : offset + len(loc)]]
+            fill.append(f)
             offset += len(loc)
-            for (lo, hi), c in zip(rg, cs, strict=True):
-                tasks.append((r[0], r[1], r[2], r[3], lo, hi, fill.copy()))
-                fill[loc] += c[loc]
-        run(lambda st, en, va, ro, lo, hi, fi: kernels.scatter_rows(
-            st, en, va, ro, lo, hi, fi, indices, data), tasks)
-        del reads, tasks
+        firsts = []  # a range's cells start where the previous range of their group ended
+        for (i, _, _), c in zip(tasks, counts, strict=True):
+            firsts.append(fill[i].copy())
+            fill[i][local[i]] += c[local[i]]
+        run(lambda t, f: kernels.scatter_rows(*reads[t[0]], t[1], t[2], f, indices, data),
+            list(zip(tasks, firsts, strict=True)))
+        reads.clear()
         _release_memory()  # the stored entries are freed: hand them back to the OS
         return indptr, indices, data, cells[order]
 
@@ -332,6 +327,13 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         for col, values in self._obs.items():
             out[col] = torch.as_tensor(values[pos])
         return out
+
+
+def _gene_ranges(ends: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """``n`` ranges of genes holding about equal numbers of entries (``ends``: cumulative)."""
+    total = int(ends[-1]) if len(ends) else 0
+    cuts = [int(c) for c in np.searchsorted(ends, np.linspace(0, total, n + 1)[1:-1])]
+    return list(zip([0, *cuts], [*cuts, len(ends)], strict=True))
 
 
 def _rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, a: int, b: int
