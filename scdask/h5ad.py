@@ -335,32 +335,55 @@ def _read_csr_rows(
         raise FormatError(
             f"indptr[{start}:{stop + 1}] is not non-decreasing within 0..{elem['indices'].shape[0]}"
         )
-    indices = _read_cast(elem["indices"], lo, hi, lambda a, at: _cast_indices(a, n_cols, at))
-    if value_dtype is None:
-        data = elem["data"][lo:hi]
-    else:
-        data = _read_cast(elem["data"], lo, hi, lambda a, at: _cast_exact(a, value_dtype, at))
+    idx = elem["indices"]
+    indices, bad = _read_checked(idx, lo, hi, np.uint16 if n_cols <= 1 << 16 else idx.dtype,
+                                 (0, n_cols))
+    if bad >= 0:
+        raise FormatError(f"column index {int(idx[lo + bad])} at entry {bad} of the slab is "
+                          f"outside 0..{n_cols - 1}")
+    vals = elem["data"]
+    if value_dtype is None or value_dtype == vals.dtype:
+        data, _ = _read_checked(vals, lo, hi, vals.dtype)
+    else:  # integer counts, narrowed
+        info = np.iinfo(value_dtype)
+        data, bad = _read_checked(vals, lo, hi, value_dtype, (info.min, info.max + 1))
+        if bad >= 0:
+            raise LossyDtypeError(
+                f"value {vals[lo + bad]!r} at entry {bad} of the slab cannot be stored as "
+                f"{np.dtype(value_dtype)} (counts are narrowed only when lossless)"
+            )
     return CSRBlock(indptr - lo, indices, data, n_cols)
 
 
-def _read_cast(dset: h5py.Dataset, lo: int, hi: int, cast: Any) -> np.ndarray:
-    """``cast(dset[lo:hi])``, read in pieces aligned to the dataset's chunks (one chunk
-    at a time, still in cache when cast, when the chunks are inflated here)."""
+def _read_checked(dset: h5py.Dataset, lo: int, hi: int, dtype: Any,
+                  bounds: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    """``dset[lo:hi]`` as ``dtype``, read a chunk at a time (inflated here when it can
+    be, see :func:`_inflater`) and cast while the chunk is in cache.
+
+    With ``bounds`` (low, high), each value must lie in ``[low, high)`` and survive the
+    cast. Returns the array and the first entry that does not, or -1.
+    """
     inflate = _inflater(dset)
     step = dset.chunks[0] if dset.chunks else 1 << 20
     if inflate is None:
         step *= max(1, (1 << 20) // step)
-    out = None
+    out = np.empty(hi - lo, dtype=dtype)
+    if bounds is not None:
+        from scdask.blocks import cast_checked  # compiled: imported where slabs are read
     a = lo
     while a < hi:
         b = min(hi, (a // step + 1) * step)
-        piece = cast(dset[a:b] if inflate is None else _read_inflated(dset, a, b, inflate),
-                     a - lo)
-        if out is None:
-            out = np.empty(hi - lo, dtype=piece.dtype)
-        out[a - lo : b - lo] = piece
+        piece = dset[a:b] if inflate is None else _read_inflated(dset, a, b, inflate)
+        if bounds is None:
+            out[a - lo : b - lo] = piece
+        else:
+            if not piece.dtype.isnative:
+                piece = piece.astype(piece.dtype.newbyteorder("="))
+            bad = cast_checked(piece, out[a - lo : b - lo], *bounds)
+            if bad >= 0:
+                return out, a - lo + bad
         a = b
-    return out if out is not None else cast(dset[lo:lo], 0)
+    return out, -1
 
 
 def _inflater(dset: h5py.Dataset) -> Any:

@@ -319,7 +319,7 @@ def test_normalised_values_are_not_narrowed(tmp_path):
 
 
 def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
-    from scdask.h5ad import _inflater, _read_cast
+    from scdask.h5ad import _inflater, _read_checked
 
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "g.h5", "w") as f:
@@ -334,8 +334,16 @@ def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
         for name in ("gzip", "big_endian", "shuffle", "unwritten"):
             d = f[name]
             for lo, hi in [(0, 10_007), (5, 998), (998, 1000), (2500, 9001), (10_006, 10_007)]:
-                got = _read_cast(d, lo, hi, lambda a, at: a)
+                got, bad = _read_checked(d, lo, hi, d.dtype)
                 np.testing.assert_array_equal(got, d[lo:hi], err_msg=f"{name}[{lo}:{hi}]")
+                narrow, bad = _read_checked(d, lo, hi, np.uint16, (0, 1 << 16))
+                assert bad == -1 and narrow.dtype == np.uint16
+                np.testing.assert_array_equal(narrow, d[lo:hi], err_msg=f"{name}[{lo}:{hi}]")
+        # the first entry out of bounds or changed by the cast, counted from lo
+        assert _read_checked(f["gzip"], 2500, 9001, np.uint16, (0, 5))[1] == np.flatnonzero(
+            f["gzip"][2500:9001] >= 5)[0]
+        f["gzip"][7777] = 0.5
+        assert _read_checked(f["gzip"], 1000, 9001, np.uint16, (0, 1 << 16))[1] == 6777
 
 
 def test_corrupt_gzip_chunk_is_named(tmp_path):
