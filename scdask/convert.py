@@ -625,7 +625,9 @@ def convert(
         Compression settings (:class:`scdask.format.Codecs`).
     workers
         Local worker processes (default: the CPUs, capped by ``memory_budget``);
-        0 converts in this process.
+        0 converts in this process. They are forked, which starts them fastest, when
+        this process has no other thread yet (a script, the command line); otherwise
+        they start from a ``forkserver`` (see :func:`scdask.parallel.process_pool`).
     executor
         Run partitions on this ``concurrent.futures.Executor`` or
         ``distributed.Client`` instead of a local pool. By default, the active
