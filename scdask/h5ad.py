@@ -394,7 +394,10 @@ def _inflater(dset: h5py.Dataset) -> Any:
     faster, and reading each chunk's bytes directly also skips HDF5's selection and
     chunk-cache machinery: a gzip H5AD's X then reads about twice as fast.
     """
-    if dset.ndim != 1 or not dset.chunks or set(dset._filters) != {"gzip"}:
+    if dset.ndim != 1 or not dset.chunks:
+        return None
+    plist = dset.id.get_create_plist()  # every filter, known to h5py or not
+    if plist.get_nfilters() != 1 or plist.get_filter(0)[0] != h5py.h5z.FILTER_DEFLATE:
         return None
     try:
         from isal.isal_zlib import decompress

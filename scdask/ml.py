@@ -194,8 +194,9 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
             return max(1, int(self.threads))
         if _torch().utils.data.get_worker_info() is not None:
             return 1  # DataLoader workers are the parallelism already
-        return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else (os.cpu_count() or 1), 8))
+        from scdask.parallel import default_workers
+
+        return min(default_workers(), 8)
 
     def buffers(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """This shard's cells, a buffer of row groups at a time, as shuffled CSR.
