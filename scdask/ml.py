@@ -74,7 +74,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         The matrix to read.
     threads
         Threads that read and transpose row groups, one buffer ahead of the batches
-        (default: the cores available, at most 8; 1 inside a DataLoader worker).
+        (default: the cores available, at most 8, shared out among DataLoader workers).
     """
 
     def __init__(
@@ -192,11 +192,11 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
     def _n_threads(self) -> int:
         if self.threads is not None:
             return max(1, int(self.threads))
-        if _torch().utils.data.get_worker_info() is not None:
-            return 1  # DataLoader workers are the parallelism already
         from scdask.parallel import default_workers
 
-        return min(default_workers(), 8)
+        info = _torch().utils.data.get_worker_info()
+        n_workers = 1 if info is None else info.num_workers  # DataLoader workers share the cores
+        return max(1, min(default_workers() // n_workers, 8))
 
     def buffers(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """This shard's cells, a buffer of row groups at a time, as shuffled CSR.
