@@ -5,8 +5,8 @@
 Prints cells/s (the second of two epochs, workers already started) and peak RSS
 (process tree) of an epoch, all genes, sparse CSR batches of 1,024 shuffled cells: in this
 process with 1 and 2 threads (``loader``'s default), and through DataLoader worker processes
-(1 and 2, the cores shared out among them); then a naive loader that reads random batches of rows from anndata's
-backed mode (a time budget of about 30 s, extrapolated to cells/s).
+(1 and 2, the cores shared out among them); then a naive loader that reads random batches
+of rows from anndata's backed mode (a time budget of about 30 s, extrapolated to cells/s).
 """
 
 from __future__ import annotations
