@@ -209,12 +209,8 @@ class H5ADSource:
                 block = _read_csc_rows(elem, start, stop, info.n_vars)
             else:
                 block = _read_dense_rows(elem, start, stop)
-            return CSRBlock(
-                block.indptr,
-                _cast_indices(block.indices, info.n_vars, 0),
-                block.data if vd is None else _cast_exact(block.data, vd, 0),
-                block.n_cols,
-            )
+            indices, data = _narrowed(block.indices, block.data, info.n_vars, vd, _cast)
+            return CSRBlock(block.indptr, indices, data, block.n_cols)
         except LossyDtypeError as e:
             raise LossyDtypeError(f"{self.path}: {name}: rows {start}:{stop}: {e}") from None
         except FormatError as e:
@@ -335,41 +331,64 @@ def _read_csr_rows(
         raise FormatError(
             f"indptr[{start}:{stop + 1}] is not non-decreasing within 0..{elem['indices'].shape[0]}"
         )
-    idx = elem["indices"]
-    indices, bad = _read_checked(idx, lo, hi, np.uint16 if n_cols <= 1 << 16 else idx.dtype,
-                                 (0, n_cols))
-    if bad >= 0:
-        raise FormatError(f"column index {int(idx[lo + bad])} at entry {bad} of the slab is "
-                          f"outside 0..{n_cols - 1}")
-    vals = elem["data"]
-    if value_dtype is None or value_dtype == vals.dtype:
-        data, _ = _read_checked(vals, lo, hi, vals.dtype)
-    else:  # integer counts, narrowed
-        info = np.iinfo(value_dtype)
-        data, bad = _read_checked(vals, lo, hi, value_dtype, (info.min, info.max + 1))
-        if bad >= 0:
-            raise LossyDtypeError(
-                f"value {vals[lo + bad]!r} at entry {bad} of the slab cannot be stored as "
-                f"{np.dtype(value_dtype)} (counts are narrowed only when lossless)"
-            )
+    indices, data = _narrowed(elem["indices"], elem["data"], n_cols, value_dtype,
+                              lambda d, dtype, bounds: _read_checked(d, lo, hi, dtype, bounds))
     return CSRBlock(indptr - lo, indices, data, n_cols)
 
 
+def _narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | None,
+              read: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices (uint16 when every column fits) and values (as ``value_dtype``),
+    every one checked: ``read(source, dtype, bounds)`` gives the array and the first
+    entry outside ``bounds`` or changed by the cast, with its value."""
+    idx, bad, value = read(indices, np.uint16 if n_cols <= 1 << 16 else indices.dtype,
+                           (0, n_cols))
+    if bad >= 0:
+        raise FormatError(f"column index {int(value)} at entry {bad} of the slab is outside "
+                          f"0..{n_cols - 1}")
+    if value_dtype is None or value_dtype == values.dtype:
+        return idx, read(values, values.dtype, None)[0]
+    info = np.iinfo(value_dtype)  # integer counts, narrowed
+    data, bad, value = read(values, value_dtype, (info.min, info.max + 1))
+    if bad >= 0:
+        raise LossyDtypeError(
+            f"value {value!r} at entry {bad} of the slab cannot be stored as "
+            f"{np.dtype(value_dtype)} (counts are narrowed only when lossless)"
+        )
+    return idx, data
+
+
+def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None
+          ) -> tuple[np.ndarray, int, Any]:
+    """In-memory ``values`` as :func:`_read_checked` reads a dataset."""
+    if bounds is None:
+        return values.astype(dtype, copy=False), -1, None
+    out = np.empty(len(values), dtype=dtype)
+    bad = _cast_into(values, out, bounds)
+    return out, bad, values[bad] if bad >= 0 else None
+
+
+def _cast_into(values: np.ndarray, out: np.ndarray, bounds: tuple[int, int]) -> int:
+    from scdask.blocks import cast_checked  # compiled: imported where slabs are read
+
+    if not values.dtype.isnative:
+        values = values.astype(values.dtype.newbyteorder("="))
+    return int(cast_checked(values, out, *bounds))
+
+
 def _read_checked(dset: h5py.Dataset, lo: int, hi: int, dtype: Any,
-                  bounds: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+                  bounds: tuple[int, int] | None = None) -> tuple[np.ndarray, int, Any]:
     """``dset[lo:hi]`` as ``dtype``, read a chunk at a time (inflated here when it can
     be, see :func:`_inflater`) and cast while the chunk is in cache.
 
     With ``bounds`` (low, high), each value must lie in ``[low, high)`` and survive the
-    cast. Returns the array and the first entry that does not, or -1.
+    cast. Returns the array, the first entry that does not (or -1) and its value.
     """
     inflate = _inflater(dset)
     step = dset.chunks[0] if dset.chunks else 1 << 20
     if inflate is None:
         step *= max(1, (1 << 20) // step)
     out = np.empty(hi - lo, dtype=dtype)
-    if bounds is not None:
-        from scdask.blocks import cast_checked  # compiled: imported where slabs are read
     a = lo
     while a < hi:
         b = min(hi, (a // step + 1) * step)
@@ -377,13 +396,11 @@ def _read_checked(dset: h5py.Dataset, lo: int, hi: int, dtype: Any,
         if bounds is None:
             out[a - lo : b - lo] = piece
         else:
-            if not piece.dtype.isnative:
-                piece = piece.astype(piece.dtype.newbyteorder("="))
-            bad = cast_checked(piece, out[a - lo : b - lo], *bounds)
+            bad = _cast_into(piece, out[a - lo : b - lo], bounds)
             if bad >= 0:
-                return out, a - lo + bad
+                return out, a - lo + bad, piece[bad]
         a = b
-    return out, -1
+    return out, -1, None
 
 
 def _inflater(dset: h5py.Dataset) -> Any:
@@ -417,35 +434,6 @@ def _read_inflated(dset: h5py.Dataset, a: int, b: int, inflate: Any) -> np.ndarr
     if values is None or len(values) < b - c0:
         return dset[a:b]
     return values[a - c0 : b - c0]
-
-
-def _cast_indices(indices: np.ndarray, n_cols: int, at: int) -> np.ndarray:
-    """Column indices as uint16 when every column fits, after checking their range."""
-    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
-        k = int(np.flatnonzero((indices < 0) | (indices >= n_cols))[0])
-        raise FormatError(
-            f"column index {int(indices[k])} at entry {at + k} of the slab is outside "
-            f"0..{n_cols - 1}"
-        )
-    if n_cols <= 1 << 16 and indices.dtype != np.uint16:
-        return indices.astype(np.uint16)
-    return indices
-
-
-def _cast_exact(values: np.ndarray, dtype: np.dtype, at: int) -> np.ndarray:
-    """``values`` as ``dtype``, refusing any value that does not survive the cast."""
-    if values.dtype == dtype:
-        return values
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = values.astype(dtype)
-        bad = out != values
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise LossyDtypeError(
-            f"value {values[k]!r} at entry {at + k} of the slab cannot be stored as {dtype} "
-            "(counts are narrowed only when lossless)"
-        )
-    return out
 
 
 def _read_dense_rows(elem: h5py.Dataset, start: int, stop: int) -> CSRBlock:

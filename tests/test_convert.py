@@ -334,9 +334,9 @@ def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
         for name in ("gzip", "big_endian", "shuffle", "unwritten"):
             d = f[name]
             for lo, hi in [(0, 10_007), (5, 998), (998, 1000), (2500, 9001), (10_006, 10_007)]:
-                got, bad = _read_checked(d, lo, hi, d.dtype)
+                got, bad, _ = _read_checked(d, lo, hi, d.dtype)
                 np.testing.assert_array_equal(got, d[lo:hi], err_msg=f"{name}[{lo}:{hi}]")
-                narrow, bad = _read_checked(d, lo, hi, np.uint16, (0, 1 << 16))
+                narrow, bad, _ = _read_checked(d, lo, hi, np.uint16, (0, 1 << 16))
                 assert bad == -1 and narrow.dtype == np.uint16
                 np.testing.assert_array_equal(narrow, d[lo:hi], err_msg=f"{name}[{lo}:{hi}]")
         # the first entry out of bounds or changed by the cast, counted from lo
