@@ -1,9 +1,10 @@
 """The H5AD :class:`~scdask.sources.Source`, reading with h5py in row slabs.
 
 X, layers and raw/X are read slab by slab straight from HDF5 (CSR, CSC or dense,
-any index and value dtype), never as a whole. obs, var and uns go through
-anndata's own element readers, so every encoding anndata has written, from the
-pre-0.7 compound datasets on, decodes exactly as ``anndata.read_h5ad`` decodes it.
+any index and value dtype), never as a whole. obs, var and uns are read by
+:func:`scdask.elements.read_elem` (plain encodings) or anndata's own readers (the
+rest), so every encoding anndata has written, from the pre-0.7 compound datasets
+on, decodes exactly as ``anndata.read_h5ad`` decodes it.
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ class H5ADSource:
             df = adata.raw.var if name == "raw/var" else getattr(adata, name)
             return dataframe_to_arrow(df)
         import pandas as pd
-        from anndata.io import read_elem
+
+        from scdask.elements import read_elem
 
         elem = self.file[name]
         if isinstance(elem, h5py.Dataset):
@@ -283,7 +285,7 @@ class H5ADSource:
         group = self.file.get("uns")
         if group is None:
             return {}
-        from anndata.io import read_elem
+        from scdask.elements import read_elem
 
         out = {}
         for key in group:

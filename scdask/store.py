@@ -29,7 +29,7 @@ from scdask.format import (
     FormatError,
     check_version,
 )
-from scdask.metadata import read_frame
+from scdask.metadata import read_frame, read_uns
 from scdask.storage import Location
 
 
@@ -228,6 +228,10 @@ class Store:
     def var(self, name: str = "X") -> pd.DataFrame:
         rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
         return read_frame(self.loc, rel)
+
+    def uns(self) -> dict[str, Any]:
+        """The source's ``uns``, as far as JSON could keep it (the rest was named at conversion)."""
+        return read_uns(self.loc)
 
 
 _COLPTR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}

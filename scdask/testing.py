@@ -66,6 +66,44 @@ def assert_store_matches_anndata(store: Store | str | os.PathLike[str], adata: A
         for key, value in getattr(adata, axis).items():
             if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                 np.testing.assert_array_equal(st.root[f"{axis}/{key}"][...], value)
+    assert_values_equal(st.uns(), dict(adata.uns), "uns", via_json=True)
+
+
+def assert_values_equal(ours: Any, theirs: Any, where: str, via_json: bool = False) -> None:
+    """Nested dicts, arrays, pandas arrays and scalars are equal, type and dtype included.
+
+    With ``via_json`` (``ours`` went through a store's JSON), keys of ``theirs`` missing
+    from ``ours`` are allowed (what a store cannot keep is named in a warning at
+    conversion) and numpy scalars compare equal to Python scalars of the same kind.
+    """
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict), f"{where}: {type(ours).__name__}, not a dict"
+        extra = set(ours) - set(theirs)
+        assert not extra, f"{where}: keys {sorted(extra)} are not in the reference"
+        if not via_json:
+            assert set(ours) == set(theirs), f"{where}: keys {sorted(set(theirs) - set(ours))} missing"
+        for k in ours:
+            assert_values_equal(ours[k], theirs[k], f"{where}/{k}", via_json)
+    elif isinstance(theirs, pd.Categorical):
+        assert isinstance(ours, pd.Categorical), f"{where}: {type(ours).__name__}"
+        pd.testing.assert_extension_array_equal(ours, theirs)
+        assert ours.categories.dtype == theirs.categories.dtype, f"{where}: categories dtype"
+    elif isinstance(theirs, pd.api.extensions.ExtensionArray):
+        pd.testing.assert_extension_array_equal(ours, theirs)
+    elif isinstance(theirs, pd.DataFrame):
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    elif sp.issparse(theirs):
+        assert type(ours) is type(theirs), f"{where}: {type(ours).__name__}"
+        assert_values_equal(ours.toarray(), theirs.toarray(), where)
+    elif isinstance(theirs, np.ndarray):
+        assert isinstance(ours, np.ndarray), f"{where}: {type(ours).__name__}, not an array"
+        assert ours.dtype == theirs.dtype, f"{where}: dtype {ours.dtype} != {theirs.dtype}"
+        np.testing.assert_array_equal(ours, theirs, err_msg=where)
+    else:
+        if via_json and isinstance(theirs, np.generic):
+            theirs = theirs.item()
+        assert type(ours) is type(theirs), f"{where}: {type(ours).__name__} != {type(theirs).__name__}"
+        assert ours == theirs or (ours != ours and theirs != theirs), f"{where}: {ours!r} != {theirs!r}"
 
 
 def random_csr(
