@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from scdask.format import FormatError, LossyDtypeError
+from scdask.scratch import Scratch, empty
 from scdask.sources import CSRBlock
 from scdask.stats import empty_stats
 
@@ -142,7 +143,8 @@ class Converted:
     genes: tuple[np.ndarray, np.ndarray]  # per-column nnz and (sum, sumsq, min, max)
 
 
-def to_group(block: CSRBlock, dtype: np.dtype | str | None = None) -> Converted:
+def to_group(block: CSRBlock, dtype: np.dtype | str | None = None,
+             scratch: Scratch | None = None) -> Converted:
     """Transpose rows of a CSR matrix into the stored row-group layout, with statistics.
 
     Two compiled passes over the entries: one counts columns and accumulates the
@@ -157,6 +159,9 @@ def to_group(block: CSRBlock, dtype: np.dtype | str | None = None) -> Converted:
     dtype
         Dtype of the stored values: the block's own (default), or ``uint16`` when every
         value is an integer in 1..65535, which is checked.
+    scratch
+        Where the transposed cell indices and values go (buffers ``rows`` and
+        ``values``); new arrays by default.
 
     Raises
     ------
@@ -194,8 +199,8 @@ def to_group(block: CSRBlock, dtype: np.dtype | str | None = None) -> Converted:
     colptr = np.zeros(b.n_cols + 1, dtype=np.int64)
     np.cumsum(counts, out=colptr[1:])
     nnz = int(colptr[-1])
-    rows = np.empty(nnz, dtype=np.uint16)
-    vals = np.empty(nnz, dtype=out_dtype)
+    rows = empty(scratch, "rows", nnz, np.uint16)
+    vals = empty(scratch, "values", nnz, out_dtype)
     _scatter(b.indptr, b.indices, b.data, colptr, rows, vals)
     group = GroupBlock(colptr, rows, vals, b.n_rows)
     return Converted(group, cells, gene_stats(group))

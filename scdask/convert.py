@@ -52,6 +52,7 @@ from scdask.format import (
     parse_row_group_size,
 )
 from scdask.h5ad import H5ADSource
+from scdask.scratch import Scratch
 from scdask.storage import Location
 
 DEFAULT_ROW_GROUP_SIZE = 16384
@@ -272,12 +273,19 @@ def convert_metadata(
     return dropped
 
 
+# Buffers a local worker process reuses from one partition to the next (see
+# scdask.scratch); set by _warm_worker, so in-process and cluster conversions keep nothing.
+_SCRATCH: Scratch | None = None
+
+
 def _convert_task(dst: str, task: int | str, storage_options: dict[str, Any] | None) -> Any:
     """One task of :func:`convert`: the metadata, or a partition."""
     try:
         if task == _METADATA:
+            if _SCRATCH is not None:
+                _SCRATCH.clear()  # the metadata task needs memory of its own
             return convert_metadata(dst, storage_options)
-        return convert_partition(dst, int(task), storage_options)
+        return convert_partition(dst, int(task), storage_options, _SCRATCH)
     finally:
         _release_memory()
 
@@ -350,11 +358,13 @@ def _write_metadata(src: H5ADSource, loc: Location, root: zarr.Group, plan: Plan
 
 
 def convert_partition(
-    dst: str | os.PathLike[str], partition: int, storage_options: dict[str, Any] | None = None
+    dst: str | os.PathLike[str], partition: int, storage_options: dict[str, Any] | None = None,
+    scratch: Scratch | None = None,
 ) -> dict[str, int]:
     """Convert row group ``partition`` of every matrix; return its non-zeros per matrix.
 
-    Safe to rerun: a partition owns its chunks, and its marker is written last.
+    Safe to rerun: a partition owns its chunks, and its marker is written last. With
+    ``scratch``, the row group is read and transposed in its buffers (kept for the next).
     """
     loc = Location(os.fspath(dst), storage_options)
     root = loc.open_group("r+")
@@ -367,7 +377,7 @@ def convert_partition(
     from scdask.codecs import implementations
 
     with zarr.config.set(_WRITE_CONFIG), implementations():
-        nnz = _convert_rows(root, plan, src, partition, to_group)
+        nnz = _convert_rows(root, plan, src, partition, to_group, scratch)
     src.close()
     with loc.open(_marker(partition), "wb") as f:
         f.write(json.dumps({"nnz": nnz}).encode())
@@ -375,16 +385,17 @@ def convert_partition(
 
 
 def _convert_rows(root: zarr.Group, plan: Plan, src: H5ADSource, partition: int,
-                  to_group: Any) -> dict[str, int]:
+                  to_group: Any, scratch: Scratch | None) -> dict[str, int]:
     start, stop = plan.group_rows(partition)
     nnz: dict[str, int] = {}
     for m in plan.matrices:
         try:  # the source's errors name the file, element and rows
-            block = src.read_rows(m.name, start, stop, value_dtype=m.stored_dtype)
+            block = src.read_rows(m.name, start, stop, value_dtype=m.stored_dtype,
+                                  scratch=scratch)
         except LossyDtypeError as e:
             raise LossyDtypeError(f"{e}; convert again with narrow=False (--no-narrow)") from None
         try:
-            c = to_group(block, m.stored_dtype)
+            c = to_group(block, m.stored_dtype, scratch)
         except FormatError as e:
             raise FormatError(f"{plan.source}: {m.name}: rows {start}:{stop}: {e}") from None
         del block
@@ -559,7 +570,13 @@ def _local_workers(source: str | os.PathLike[str], row_group_size: int, chunk_si
 
 
 def _warm_worker() -> None:
-    """Load the compiled kernels in a new worker while the driver prepares the store."""
+    """Load the compiled kernels in a new worker while the driver prepares the store,
+    and give it the buffers it keeps from one partition to the next."""
+    global _SCRATCH
+    _SCRATCH = Scratch()
+    # A worker does no linear algebra, but numba's start loads SciPy's OpenBLAS, whose
+    # threads spin on both cores for a while: 0.2 s of CPU per worker, taken from partitions.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         import numpy as np
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from scdask.scratch import Scratch
+
 
 @dataclasses.dataclass
 class CSRBlock:
@@ -65,8 +67,10 @@ class Source(Protocol):
     def row_group_nnz(self, name: str, boundaries: np.ndarray) -> np.ndarray | None:
         """Stored entries per row group, or None when it costs a scan to know."""
 
-    def read_rows(self, name: str, start: int, stop: int) -> CSRBlock:
-        """Rows ``[start, stop)`` of matrix ``name``."""
+    def read_rows(self, name: str, start: int, stop: int, value_dtype: Any = None,
+                  scratch: Scratch | None = None) -> CSRBlock:
+        """Rows ``[start, stop)`` of matrix ``name``, values cast exactly to
+        ``value_dtype`` when given, read into ``scratch``'s buffers when given."""
 
     def frame(self, name: str) -> pa.Table:
         """The ``obs``, ``var`` or ``raw/var`` table, index in column ``_index``."""

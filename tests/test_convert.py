@@ -372,3 +372,29 @@ def test_corrupt_gzip_chunk_is_named(tmp_path):
         scdask.convert(p, tmp_path / "o.zarr", row_group_size=256, workers=0)
     with pytest.raises(IncompleteStoreError):
         Store(tmp_path / "o.zarr")
+
+
+def test_scratch_reuses_its_buffers_and_grows_when_needed():
+    from scdask.scratch import Scratch
+
+    s = Scratch()
+    a = s.empty("rows", 1000, np.uint16)
+    a[:] = 7
+    size = s.nbytes
+    b = s.empty("rows", 500, np.int32)  # the same bytes, another dtype and length
+    assert b.dtype == np.int32 and len(b) == 500
+    assert np.shares_memory(a, b) and s.nbytes == size
+    c = s.empty("rows", 100_000, np.float64)  # larger: a new buffer
+    assert not np.shares_memory(a, c) and c.nbytes == 800_000
+    assert not np.shares_memory(c, s.empty("values", 10, np.float64))
+    s.clear()
+    assert s.nbytes == 0
+
+
+def test_pool_workers_reuse_scratch_and_convert_the_same(tiny_plate, tiny_store, tmp_path):
+    """One worker converts every row group, one after another, in its reused buffers."""
+    dst = tmp_path / "one_worker.zarr"
+    scdask.convert(tiny_plate, dst, row_group_size=512, chunk_size=4096, workers=1,
+                   progress=False)
+    assert (store_to_csr(Store(tiny_store)) != store_to_csr(Store(dst))).nnz == 0
+    assert verify(Store(dst), against=tiny_plate).ok
