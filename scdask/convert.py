@@ -64,10 +64,13 @@ COLPTR_CHUNKS = (64, 1024)
 _WORKER_BASE_BYTES = 200 << 20
 
 _INIT_DONE = f"{WIP_DIR}/init.done"
-# How a partition writes: chunks encoded at once (the cores are busy anyway, and each
-# costs memory), and no scan of every chunk for all-zero content (zarr's default, which
-# cost 40% of the encoding): a partition writes only chunks it filled.
-_WRITE_CONFIG = {"async.concurrency": 4, "array.write_empty_chunks": True}
+# How a partition writes: no scan of every chunk for all-zero content (zarr's default,
+# which cost 40% of the encoding; a partition writes only chunks it filled), and chunks
+# written one at a time to a local disk (the cores are busy with other partitions; each
+# chunk in flight cost a worker ~13 MB) but several at once to object storage, whose
+# latency would otherwise add up.
+_WRITE_CONFIG = {"array.write_empty_chunks": True}
+_WRITE_CONCURRENCY = {True: 1, False: 8}  # by Location.is_local
 _METADATA = "metadata"
 _METADATA_DONE = f"{WIP_DIR}/done/{_METADATA}.json"
 
@@ -376,7 +379,8 @@ def convert_partition(
     from scdask.blocks import to_group  # compiled kernels: imported where they run
     from scdask.codecs import implementations
 
-    with zarr.config.set(_WRITE_CONFIG), implementations():
+    config = {**_WRITE_CONFIG, "async.concurrency": _WRITE_CONCURRENCY[loc.is_local]}
+    with zarr.config.set(config), implementations():
         nnz = _convert_rows(root, plan, src, partition, to_group, scratch)
     src.close()
     with loc.open(_marker(partition), "wb") as f:
