@@ -86,6 +86,15 @@ def _compressor(codecs: Codecs, shuffle: str, blocksize: int = 0) -> BloscCodec:
                       blocksize=blocksize)
 
 
+def _value_shuffle(dtype: np.dtype) -> str:
+    """Blosc's shuffle for stored values: integers bit-shuffled (a partition's uint16
+    counts encode in 39 ms instead of 51 ms byte-shuffled and decode a little faster, for
+    1.4% more bytes), floats byte-shuffled."""
+    if dtype.itemsize == 1:
+        return "noshuffle"
+    return "bitshuffle" if dtype.kind in "iu" else "shuffle"
+
+
 def _delta(dtype: str) -> list[Any]:
     from zarr.codecs.numcodecs import Delta
 
@@ -310,10 +319,10 @@ def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
     G, cap = plan.n_groups, plan.capacity(m)
     c = plan.codecs
     chunk = min(plan.chunk_size, cap)
-    itemsize = np.dtype(m.stored_dtype).itemsize
+    stored = np.dtype(m.stored_dtype)
     g.create_array(
-        DATA, shape=(G, cap), chunks=(1, chunk), dtype=m.stored_dtype, fill_value=0,
-        compressors=[_compressor(c, "shuffle" if itemsize > 1 else "noshuffle", chunk * itemsize)],
+        DATA, shape=(G, cap), chunks=(1, chunk), dtype=stored, fill_value=0,
+        compressors=[_compressor(c, _value_shuffle(stored), chunk * stored.itemsize)],
     )
     g.create_array(
         INDICES, shape=(G, cap), chunks=(1, chunk), dtype=INDEX_DTYPE, fill_value=0,
