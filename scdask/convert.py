@@ -586,6 +586,10 @@ def _local_workers(source: str | os.PathLike[str], row_group_size: int, chunk_si
     return min(requested, max(1, budget // per)) if requested else 0
 
 
+# What a worker imports; a forkserver imports them once for all its workers.
+_WORKER_MODULES = ("scdask.convert", "scdask.blocks", "scdask.codecs", "scdask.h5ad")
+
+
 def _warm_worker() -> None:
     """Load the compiled kernels in a new worker while the driver prepares the store,
     and give it the buffers it keeps from one partition to the next."""
@@ -695,7 +699,8 @@ def convert(
         workers = _local_workers(source, row_group_size, chunk_size, codecs, workers,
                                  memory_budget)
         if workers > 0:  # started before this process touches Zarr (see process_pool)
-            pool = parallel.process_pool(workers, initializer=_warm_worker)
+            pool = parallel.process_pool(workers, initializer=_warm_worker,
+                                         preload=_WORKER_MODULES)
     lossy = None
     try:
         # The plan needs only shapes; obs/var/uns are written by a task beside the partitions.

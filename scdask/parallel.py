@@ -47,17 +47,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def process_pool(workers: int, initializer: Callable[[], None] | None = None
-                 ) -> cf.ProcessPoolExecutor:
+def process_pool(workers: int, initializer: Callable[[], None] | None = None,
+                 preload: Sequence[str] = ()) -> cf.ProcessPoolExecutor:
     """A pool of ``workers`` local processes, started now.
 
     On Linux, from a process with no other thread, the workers are forked: they start
     at once with every module this process has imported (a fresh interpreter costs
     ~0.4 s and its imports another ~0.5 s per worker). Otherwise (threads running —
     zarr's I/O thread once it has read or written anything, a notebook's — or another
-    OS), they start from a ``forkserver``, as forking a threaded process can deadlock.
-    ``initializer`` runs in each worker as it starts, e.g. to load compiled kernels
-    while this process goes on.
+    OS), they start from a ``forkserver``, as forking a threaded process can deadlock;
+    the forkserver, started once per session, imports the modules in ``preload`` so
+    that its workers start with them. ``initializer`` runs in each worker as it starts,
+    e.g. to load compiled kernels while this process goes on.
     """
     import sys
     import threading
@@ -66,8 +67,11 @@ def process_pool(workers: int, initializer: Callable[[], None] | None = None
         method = "fork"
     else:
         method = "forkserver" if os.name == "posix" else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver" and preload:
+        ctx.set_forkserver_preload(["__main__", *preload])  # no effect once it runs
     pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=initializer,
-                                  mp_context=multiprocessing.get_context(method))
+                                  mp_context=ctx)
     if method == "fork":  # all workers are forked at the first submit, while still safe
         pool.submit(os.getpid)
     return pool

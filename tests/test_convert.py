@@ -96,6 +96,28 @@ def test_threaded_process_starts_workers_from_a_forkserver():
         t.join()
 
 
+@pytest.mark.parametrize("preload", [(), ("scdask.blocks",)])
+def test_forkserver_workers_start_with_the_preloaded_modules(preload):
+    """A notebook's conversions fork their workers from a forkserver that has imported
+    scdask and numba once, instead of each worker importing them."""
+    code = f"""
+import threading
+from scdask import parallel
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+pool = parallel.process_pool(1, preload={preload!r})
+print(pool._mp_context.get_start_method(),
+      pool.submit(eval, "'numba' in __import__('sys').modules").result())
+pool.shutdown()
+stop.set()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["forkserver", str(bool(preload))]
+
+
 def _write_h5ad(path, X, **kw):
     adata = anndata.AnnData(X=X, **kw)
     adata.write_h5ad(path)
