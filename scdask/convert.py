@@ -613,9 +613,14 @@ def _warm_worker() -> None:
 
 
 def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
-    """Peak memory of one partition: the largest row group of any matrix, read and transposed."""
+    """Peak memory of one worker: the largest row group of each matrix, read and transposed.
+
+    A local worker keeps its four row-group arrays (slab indices and values, transposed
+    cells and values) from one matrix and partition to the next, each as large as the
+    largest it has held: the estimate adds up, per array, its largest size over matrices.
+    """
     boundaries = np.array([plan.group_rows(g)[0] for g in range(plan.n_groups)] + [plan.n_obs])
-    worst = 0
+    largest = np.zeros(4, dtype=np.int64)
     for m in plan.matrices:
         info = next(i for i in source.matrices() if i.name == m.name)
         per_group = source.row_group_nnz(m.name, boundaries)
@@ -625,12 +630,11 @@ def estimate_partition_bytes(source: H5ADSource, plan: Plan) -> int:
                 nnz = int(source.file[m.name]["indptr"][-1]) * min(1.0, plan.row_group_size / max(1, m.n_obs))
         else:
             nnz = int(per_group.max())
-        value = info.dtype.itemsize
         index = 8 if info.format != "csr" else source.file[m.name]["indices"].dtype.itemsize
-        # the slab read (indices + values) plus the transposed group (uint16 cells + values)
         stored = np.dtype(m.stored_dtype).itemsize
-        worst = max(worst, int(nnz * (index + value + 2 + stored) + plan.chunk_size * 8))
-    return worst + _WORKER_BASE_BYTES
+        sizes = np.array([index, info.dtype.itemsize, 2, stored], dtype=np.int64) * int(nnz)
+        np.maximum(largest, sizes, out=largest)
+    return int(largest.sum()) + plan.chunk_size * 8 + _WORKER_BASE_BYTES
 
 
 def convert(

@@ -51,7 +51,7 @@ def _categorical(elem: h5py.Group) -> Any:
     return pd.Categorical.from_codes(
         codes=read_elem(elem["codes"]),
         categories=read_elem(elem["categories"]),
-        ordered=bool(_attr(elem, "ordered")),
+        ordered=bool(elem.attrs["ordered"]),  # required, as anndata requires it
     )
 
 

@@ -337,9 +337,8 @@ def _read_csr_rows(
         raise FormatError(
             f"indptr[{start}:{stop + 1}] is not non-decreasing within 0..{elem['indices'].shape[0]}"
         )
-    def read(d: h5py.Dataset, dtype: Any, bounds: tuple[int, int] | None) -> Any:
-        out = empty(scratch, d.name.rsplit("/", 1)[-1], hi - lo, dtype)  # indices or data
-        return _read_checked(d, lo, hi, dtype, bounds, out)
+    def read(d: h5py.Dataset, dtype: Any, bounds: tuple[int, int] | None, role: str) -> Any:
+        return _read_checked(d, lo, hi, dtype, bounds, empty(scratch, role, hi - lo, dtype))
 
     indices, data = _narrowed(elem["indices"], elem["data"], n_cols, value_dtype, read)
     return CSRBlock(indptr - lo, indices, data, n_cols)
@@ -348,17 +347,18 @@ def _read_csr_rows(
 def _narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | None,
               read: Any) -> tuple[np.ndarray, np.ndarray]:
     """Column indices (uint16 when every column fits) and values (as ``value_dtype``),
-    every one checked: ``read(source, dtype, bounds)`` gives the array and the first
-    entry outside ``bounds`` or changed by the cast, with its value."""
+    every one checked: ``read(source, dtype, bounds, role)`` gives the array and the
+    first entry outside ``bounds`` or changed by the cast, with its value (``role``,
+    ``"indices"`` or ``"data"``, names the scratch buffer it may be read into)."""
     idx, bad, value = read(indices, np.uint16 if n_cols <= 1 << 16 else indices.dtype,
-                           (0, n_cols))
+                           (0, n_cols), "indices")
     if bad >= 0:
         raise FormatError(f"column index {int(value)} at entry {bad} of the slab is outside "
                           f"0..{n_cols - 1}")
     if value_dtype is None or value_dtype == values.dtype:
-        return idx, read(values, values.dtype, None)[0]
+        return idx, read(values, values.dtype, None, "data")[0]
     info = np.iinfo(value_dtype)  # integer counts, narrowed
-    data, bad, value = read(values, value_dtype, (info.min, info.max + 1))
+    data, bad, value = read(values, value_dtype, (info.min, info.max + 1), "data")
     if bad >= 0:
         raise LossyDtypeError(
             f"value {value!r} at entry {bad} of the slab cannot be stored as "
@@ -367,9 +367,9 @@ def _narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | No
     return idx, data
 
 
-def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None
+def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None, role: str = ""
           ) -> tuple[np.ndarray, int, Any]:
-    """In-memory ``values`` as :func:`_read_checked` reads a dataset."""
+    """In-memory ``values`` as :func:`_read_checked` reads a dataset (in new arrays)."""
     if bounds is None:
         return values.astype(dtype, copy=False), -1, None
     out = np.empty(len(values), dtype=dtype)

@@ -77,7 +77,9 @@ def uns_to_json(uns: dict[str, Any], prefix: str = "uns") -> tuple[Any, list[str
                 else:
                     return {_ND: lst, "dtype": value.dtype.str if value.dtype.kind not in "SO" else "object", "shape": list(value.shape)}
         elif isinstance(value, np.generic):
-            return value.item()
+            item = value.item()
+            if not isinstance(item, bytes):  # bytes have no JSON form: named, not kept
+                return item
         elif isinstance(value, str | int | float | bool) or value is None:
             return value
         elif isinstance(value, list | tuple):

@@ -12,6 +12,7 @@ import time
 import anndata
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -420,3 +421,22 @@ def test_pool_workers_reuse_scratch_and_convert_the_same(tiny_plate, tiny_store,
                    progress=False)
     assert (store_to_csr(Store(tiny_store)) != store_to_csr(Store(dst))).nnz == 0
     assert verify(Store(dst), against=tiny_plate).ok
+
+
+def test_pool_worker_reuses_scratch_across_matrices_and_formats(tmp_path):
+    """One worker converts X (CSR counts), a CSC and a dense layer and raw (other genes,
+    floats) partition after partition, in buffers it keeps: every value as anndata reads it."""
+    rng = np.random.default_rng(3)
+    m = sp.random(700, 60, density=0.3, format="csr", random_state=rng)
+    X = sp.csr_matrix(np.ceil(m.toarray() * 9).astype(np.float32))
+    raw_X = sp.random(700, 90, density=0.5, format="csr", random_state=rng).astype(np.float64)
+    adata = anndata.AnnData(X=X, layers={"csc": X.tocsc() * 2, "dense": X.toarray() + 1})
+    adata.raw = anndata.AnnData(X=raw_X, var=pd.DataFrame(index=[f"r{i}" for i in range(90)]))
+    src = tmp_path / "multi.h5ad"
+    adata.write_h5ad(src)
+    dst = tmp_path / "multi.zarr"
+    scdask.convert(src, dst, row_group_size=128, chunk_size=1024, workers=1, progress=False)
+    st = Store(dst)
+    assert st.n_groups == 6 and np.dtype(st.matrix("X")["stored_dtype"]) == np.uint16
+    assert_store_matches_anndata(st, anndata.read_h5ad(src))
+    assert verify(st, against=src).ok
