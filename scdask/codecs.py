@@ -47,23 +47,26 @@ class Delta(_ZarrDelta):
                 and cfg.get("astype") in (None, cfg.get("dtype")))
 
     async def _decode_single(self, chunk_data: Any, chunk_spec: Any) -> Any:
-        enc = chunk_data.as_ndarray_like()
-        if not (isinstance(enc, np.ndarray) and self._plain(enc.dtype)):
+        out = await self._compiled(_undelta, chunk_data)
+        if out is None:
             return await super()._decode_single(chunk_data, chunk_spec)
-        enc = np.ascontiguousarray(enc).reshape(-1)
-        out = np.empty_like(enc)
-        await asyncio.to_thread(_undelta, enc, out)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(out.reshape(chunk_spec.shape))
 
     async def _encode_single(self, chunk_data: Any, chunk_spec: Any) -> Any:
-        arr = chunk_data.as_ndarray_like()
-        if not (isinstance(arr, np.ndarray) and self._plain(arr.dtype)):
+        out = await self._compiled(_delta, chunk_data)
+        if out is None:
             return await super()._encode_single(chunk_data, chunk_spec)
-        arr = np.ascontiguousarray(arr).reshape(-1)
-        out = np.empty_like(arr)
-        await asyncio.to_thread(_delta, arr, out)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(out)
 
+    async def _compiled(self, kernel: Any, chunk_data: Any) -> np.ndarray | None:
+        """The chunk through ``kernel``, flat; ``None`` where numcodecs' loops must run."""
+        arr = chunk_data.as_ndarray_like()
+        if not (isinstance(arr, np.ndarray) and self._plain(arr.dtype)):
+            return None
+        arr = np.ascontiguousarray(arr).reshape(-1)
+        out = np.empty_like(arr)
+        await asyncio.to_thread(kernel, arr, out)
+        return out
 
 register_codec("numcodecs.delta", Delta)
 _OURS = {"numcodecs.delta": f"{Delta.__module__}.{Delta.__qualname__}"}

@@ -213,7 +213,8 @@ class H5ADSource:
                 block = _read_csc_rows(elem, start, stop, info.n_vars)
             else:
                 block = _read_dense_rows(elem, start, stop)
-            indices, data = _narrowed(block.indices, block.data, info.n_vars, vd, _cast)
+            indices, data = _narrowed(block.indices, block.data, info.n_vars, vd,
+                                      lambda v, dtype, bounds, role: _cast(v, dtype, bounds))
             return CSRBlock(block.indptr, indices, data, block.n_cols)
         except LossyDtypeError as e:
             raise LossyDtypeError(f"{self.path}: {name}: rows {start}:{stop}: {e}") from None
@@ -367,7 +368,7 @@ def _narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | No
     return idx, data
 
 
-def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None, role: str = ""
+def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None
           ) -> tuple[np.ndarray, int, Any]:
     """In-memory ``values`` as :func:`_read_checked` reads a dataset (in new arrays)."""
     if bounds is None:
