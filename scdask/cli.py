@@ -10,7 +10,10 @@ import click
 
 from scdask.format import Codecs, FormatError
 
-overwrite = click.option("--overwrite", is_flag=True, help="Replace the destination if it exists.")
+overwrite = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace the destination if it holds an earlier scdask output (never anything else).",
+)
 row_group_size = click.option(
     "--row-group-size", type=int, default=None, help="Cells per row group (at most 65536)."
 )
@@ -108,8 +111,8 @@ def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | No
                            memory_budget=memory_budget, overwrite=overwrite, progress=progress,
                            codecs=Codecs(narrow=narrow),
                            **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
-    except (FormatError, FileExistsError, FileNotFoundError, MemoryError, OSError) as e:
-        _fail(e)
+    except (ValueError, FileExistsError, FileNotFoundError, MemoryError, OSError) as e:
+        _fail(e)  # ValueError: FormatError, DestinationError, options out of range
     click.echo(dst)
 
 
@@ -128,7 +131,7 @@ def convert_init(src: str, dst: str, row_group_size: int | None, chunk_size: int
     try:
         plan = _init(src, dst, overwrite=overwrite, codecs=Codecs(narrow=narrow),
                      **_kwargs(row_group_size=row_group_size, chunk_size=chunk_size))
-    except (FormatError, FileExistsError, FileNotFoundError, OSError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, OSError) as e:
         _fail(e)
     click.echo(plan.n_groups)
 

@@ -53,7 +53,7 @@ from scdask.format import (
 )
 from scdask.h5ad import H5ADSource
 from scdask.scratch import Scratch
-from scdask.storage import Location
+from scdask.storage import Location, check_destination
 
 DEFAULT_ROW_GROUP_SIZE = 16384
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -192,7 +192,8 @@ def convert_init(
     codecs
         Compression settings.
     overwrite
-        Replace ``dst`` if it holds anything.
+        Replace ``dst`` if it holds a scdask store (complete or not). Anything else, and
+        a ``dst`` that is or contains ``source``, is refused.
     storage_options
         fsspec options for ``dst``.
 
@@ -223,9 +224,10 @@ def _init(
     src = H5ADSource(source)
     plan = make_plan(src, row_group_size, chunk_size, codecs)
     loc = Location(os.fspath(dst), storage_options)
+    check_destination(loc, [plan.source], "the store")
     state = store_state(loc)
     if state not in ("missing", "empty"):
-        if overwrite:
+        if overwrite and state in ("complete", "wip"):
             loc.remove()
         elif state == "complete":
             raise FileExistsError(
@@ -248,8 +250,8 @@ def _init(
             loc.remove()  # init itself was interrupted: start again
         else:
             raise FileExistsError(
-                f"{loc}: exists and is not a scdask store; choose another destination or pass "
-                "overwrite=True (--overwrite)"
+                f"{loc}: exists and is not a scdask store; choose another destination "
+                "(overwrite replaces only a scdask store, recognised by its zarr.json)"
             )
     root = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=3)
     root.attrs.put({WIP_ATTR: plan.to_dict()})
@@ -678,7 +680,7 @@ def convert(
     memory_budget
         Memory the local workers may use together, e.g. ``"2GB"``.
     overwrite
-        Replace ``dst`` if it exists.
+        Replace ``dst`` if it holds a scdask store; anything else is refused.
     progress
         Show a progress bar (default: on a terminal).
     storage_options

@@ -7,6 +7,7 @@ Layout of ``out_dir`` (every table joins on integer ids)::
     X/part-00000.parquet long layout: cell_id, gene_id, value — sorted by gene_id then
                          cell_id, so a one-gene filter prunes row groups by statistics
     X/<col>=<v>/part-…   the same, split by an obs column (``partition_by``), hive style
+    _scdask.json         marks a scdask export (what ``overwrite`` may replace)
     _SUCCESS             written last: a dataset without it is incomplete
 
 or, with ``layout="wide"``, ``X/part-*.parquet`` holds cell_id and one column per
@@ -27,6 +28,7 @@ growth can set ``ARROW_DEFAULT_MEMORY_POOL=system``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -39,11 +41,14 @@ import pandas as pd
 import xarray as xr
 
 from scdask.lazy import GroupSel, ScdaskArray, _group_values
+from scdask.storage import Location, check_destination
 
 #: Refuse wide tables with more gene columns than this (Parquet footers and readers
 #: slow down badly with tens of thousands of columns).
 MAX_WIDE_COLUMNS = 2000
 SUCCESS = "_SUCCESS"
+#: Written into every export, so that ``overwrite`` recognises what it may replace.
+MARKER = "_scdask.json"
 #: Cells per slice of the obs table.
 OBS_SLICE = 1 << 16
 #: Entries of a row group converted to Arrow at once.
@@ -160,7 +165,8 @@ def export_parquet(
     partition_by
         An obs column to split the matrix files by (hive style ``X/<col>=<value>/``).
     overwrite
-        Replace ``out_dir`` if it exists.
+        Replace ``out_dir`` if it holds an earlier export (or nothing). Anything else,
+        and an ``out_dir`` that is, holds or lies inside the store, is refused.
     max_wide_columns
         The widest wide table allowed.
     progress
@@ -195,16 +201,23 @@ def export_parquet(
     if arr._expr.fill(b.dtype) != 0:
         raise ValueError("the selection maps zeros to non-zeros: it is dense, export it as such")
     out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir):
+    stores = list({p.store.url: p.store.loc for p in b.parts}.values())
+    check_destination(Location(out_dir), stores, "the export")
+    if os.path.lexists(out_dir):
         if not overwrite:
             raise FileExistsError(f"{out_dir}: exists; pass overwrite=True (--overwrite)")
+        if not is_export(out_dir) and not _empty_dir(out_dir):
+            raise FileExistsError(
+                f"{out_dir}: exists and is not a scdask Parquet export; choose another "
+                f"destination (overwrite replaces only an export, recognised by its {MARKER})"
+            )
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"{out_dir}: cannot write in {parent}")
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         _export(x, arr, b, gene_dim, tmp, layout, partition_by, progress)
-        if os.path.exists(out_dir):
+        if os.path.lexists(out_dir):  # checked above: an export, or an empty folder
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
@@ -265,8 +278,33 @@ def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, 
         for i, sel in enumerate(b.groups)
     ]
     _compute(tasks, progress)
+    with open(os.path.join(tmp, MARKER), "w") as f:
+        json.dump({"scdask_export": 1, "layout": layout,
+                   "stores": [p.store.url for p in b.parts]}, f)
     with open(os.path.join(tmp, SUCCESS), "w") as f:
         f.write("ok\n")
+
+
+def is_export(path: str) -> bool:
+    """Whether ``path`` is a folder written by :func:`export_parquet`: it holds
+    :data:`MARKER`, or (exports of earlier versions) only the files an export writes."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            return json.load(f).get("scdask_export") == 1
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open(os.path.join(path, SUCCESS), "rb") as f:
+            ok = f.read() == b"ok\n"
+    except OSError:
+        return False
+    return ok and set(os.listdir(path)) <= {"obs.parquet", "var.parquet", "X", SUCCESS}
+
+
+def _empty_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
 
 
 def _column(values: np.ndarray) -> Any:

@@ -80,3 +80,49 @@ class Location:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
+
+
+class DestinationError(ValueError):
+    """A destination scdask refuses to write: it is, holds or lies inside a source."""
+
+
+def check_destination(dst: Location, sources: list[str | Location], what: str) -> None:
+    """Refuse ``dst`` when it is, contains, or lies inside one of ``sources``.
+
+    Parameters
+    ----------
+    dst
+        Where ``what`` would be written (and, with ``overwrite``, what would be replaced).
+    sources
+        Paths or URLs that are read to write it: never replaced, never written into.
+    what
+        What is written, for the message (``"the store"``, ``"the export"``).
+
+    Raises
+    ------
+    DestinationError
+        Naming the destination and the source it would destroy.
+    """
+    here = _resolved(dst)
+    for src in sources:
+        there = _resolved(src if isinstance(src, Location) else Location(src))
+        if here[0] != there[0]:
+            continue  # different file systems
+        a, b = here[1], there[1]
+        if a == b or b.startswith(a.rstrip("/") + "/"):
+            raise DestinationError(
+                f"{dst}: {what} cannot be written here: this path "
+                f"{'is' if a == b else 'contains'} its source {src}; choose another destination"
+            )
+        if a.startswith(b.rstrip("/") + "/"):
+            raise DestinationError(
+                f"{dst}: {what} cannot be written inside its source {src}; choose another "
+                "destination"
+            )
+
+
+def _resolved(loc: Location) -> tuple[str, str]:
+    """(file system, canonical path): symbolic links resolved on local paths."""
+    if loc.is_local:
+        return "file", os.path.realpath(loc.root)
+    return _protocols(loc.fs)[0], loc.root.rstrip("/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -243,10 +244,14 @@ def test_destination_exists(tiny_plate, tiny_store, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "file.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not a scdask store"):
-        scdask.convert(tiny_plate, other)
-    scdask.convert(tiny_plate, other, overwrite=True, workers=0, row_group_size=2048)
-    assert Store(other).n_obs == 3000
+    for overwrite in (False, True):  # overwrite replaces only what scdask wrote
+        with pytest.raises(FileExistsError, match="not a scdask store"):
+            scdask.convert(tiny_plate, other, overwrite=overwrite)
+    assert (other / "file.txt").read_text() == "x"
+    earlier = tmp_path / "earlier.zarr"
+    shutil.copytree(tiny_store, earlier)
+    scdask.convert(tiny_plate, earlier, overwrite=True, workers=0, row_group_size=2048)
+    assert Store(earlier).row_group_size == 2048
 
 
 def test_newer_format_version_refused(tiny_plate, tmp_path):
