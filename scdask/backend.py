@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import builtins
 import difflib
-import functools
 import glob
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -121,29 +121,46 @@ def _to_numpy(values: pd.Series | pd.Index, dtype: np.dtype) -> np.ndarray:
     return np.asarray(values.to_numpy(), dtype=dtype)
 
 
-@functools.lru_cache(maxsize=32)
-def _parquet(url: str, options: str, uuid: str | None, relpath: str) -> Any:
+# One open ParquetFile per thread and file: pyarrow's readers are not thread-safe (one
+# shared by the threads of a Dask worker crashed the interpreter).
+_PARQUET = threading.local()
+_PARQUET_FILES = 8  # per thread
+
+
+def _parquet(store: Store, relpath: str) -> Any:
     import pyarrow.parquet as pq
 
-    from scdask.store import open_store
-
-    st = open_store(url, options, uuid)
-    return pq.ParquetFile(st.loc.open(relpath, "rb"))
+    files: dict[tuple[Any, ...], Any] = _PARQUET.__dict__.setdefault("files", {})
+    key = (store.url, store.attrs.get("uuid"), relpath)
+    pf = files.pop(key, None)
+    if pf is None:
+        pf = pq.ParquetFile(store.loc.open(relpath, "rb"), page_checksum_verification=True)
+        while len(files) >= _PARQUET_FILES:
+            files.pop(next(iter(files))).close()
+    files[key] = pf  # most recently used last
+    return pf
 
 
 def read_obs_chunk(store: Store, group: int, column: str, dtype: np.dtype) -> np.ndarray:
     """One row group of one obs column (a task of the lazy coordinates)."""
-    from scdask.store import _options_key
+    import pyarrow as pa
 
-    pf = _parquet(store.url, _options_key(store.storage_options), store.attrs.get("uuid"), OBS_FILE)
-    if pf.metadata.num_row_groups != store.n_groups:
-        raise FormatError(f"{store.url}: {OBS_FILE} has {pf.metadata.num_row_groups} row groups, "
-                          f"the matrix {store.n_groups}")
-    s = pf.read_row_group(group, columns=[column]).column(0).to_pandas()
+    store.check_current()
+    pf = _parquet(store, OBS_FILE)
+    if pf.metadata.num_row_groups != store.n_groups or pf.metadata.num_rows != store.n_obs:
+        raise FormatError(f"{store.url}: {OBS_FILE} has {pf.metadata.num_rows} rows in "
+                          f"{pf.metadata.num_row_groups} row groups, the matrix {store.n_obs} "
+                          f"in {store.n_groups}")
+    try:
+        s = pf.read_row_group(group, columns=[column]).column(0).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        raise FormatError(f"{store.url}: {OBS_FILE}: row group {group} of column {column!r} "
+                          f"cannot be read: the file is damaged ({e})") from e
     return _to_numpy(s, dtype)
 
 
 def read_stat_chunk(store: Store, group: int, path: str) -> np.ndarray:
+    store.check_current()
     a, b = store.group_rows(group)
     return np.asarray(store.array(path)[a:b])
 

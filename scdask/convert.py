@@ -23,20 +23,21 @@ from typing import Any
 import numpy as np
 import zarr
 from dask.utils import format_bytes, parse_bytes
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from scdask import __version__, stats
 from scdask.format import (
     COLPTR,
     COLPTR_DTYPE,
-    DATA,
     FORMAT_VERSION,
+    DATA,
     INDEX_DTYPE,
     INDICES,
     MATRIX_ENCODING,
     OBS_FILE,
     ROOT_ATTR,
     STATS,
+    UNS_FILE,
     VAR_FILE,
     WIP_ATTR,
     WIP_DIR,
@@ -71,6 +72,9 @@ _INIT_DONE = f"{WIP_DIR}/init.done"
 # latency would otherwise add up.
 _WRITE_CONFIG = {"array.write_empty_chunks": True}
 _WRITE_CONCURRENCY = {True: 1, False: 8}  # by Location.is_local
+# Every chunk of every array is written, all-zero ones included, so that a reader can
+# tell a lost chunk from zeros (docs/FORMAT.md).
+_EVERY_CHUNK = {"write_empty_chunks": True}
 _METADATA = "metadata"
 _METADATA_DONE = f"{WIP_DIR}/done/{_METADATA}.json"
 
@@ -79,11 +83,18 @@ def _marker(partition: int) -> str:
     return f"{WIP_DIR}/done/p{partition}.json"
 
 
-def _compressor(codecs: Codecs, shuffle: str, blocksize: int = 0) -> BloscCodec:
+# False writes format-1 stores, without checksums: only to measure what checksums cost
+# (asv_bench), never for data anyone keeps.
+_CHECKSUMS = True
+
+
+def _compressors(codecs: Codecs, shuffle: str, blocksize: int = 0) -> list[Any]:
+    """Blosc, then a CRC-32C of the compressed bytes (every chunk of a format-2 store)."""
     # blocksize: Blosc's own default (0) cuts a chunk into small blocks; one block per
     # chunk compressed the 200k-cell plate's indices 2% smaller and encoded faster.
-    return BloscCodec(cname=codecs.cname, clevel=codecs.clevel, shuffle=shuffle,
-                      blocksize=blocksize)
+    blosc = BloscCodec(cname=codecs.cname, clevel=codecs.clevel, shuffle=shuffle,
+                       blocksize=blocksize)
+    return [blosc, Crc32cCodec()] if _CHECKSUMS else [blosc]
 
 
 def _value_shuffle(dtype: np.dtype) -> str:
@@ -129,6 +140,8 @@ def make_plan(
     """The conversion plan for ``source`` with these settings."""
     codecs = codecs or Codecs()
     st = os.stat(source.path)
+    for m in source.matrices():
+        check_value_dtype(source.path, m.name, m.dtype)
     matrices = tuple(
         MatrixPlan(
             name=m.name,
@@ -151,9 +164,25 @@ def make_plan(
         codecs=codecs,
         source_size=st.st_size,
         source_mtime=st.st_mtime,
+        format_version=FORMAT_VERSION if _CHECKSUMS else 1,
     )
     plan.validate()
     return plan
+
+
+class UnsupportedDtypeError(FormatError):
+    """A matrix holds values of a dtype scdask does not convert."""
+
+
+def check_value_dtype(path: str, name: str, dtype: np.dtype) -> None:
+    """Refuse value dtypes the compiled kernels do not handle (float16, complex, objects)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8 or dtype == np.float16:
+        raise UnsupportedDtypeError(
+            f"{path}: {name} has values of dtype {dtype}, which scdask does not convert "
+            "(booleans, integers, float32 and float64 are supported); cast it first, e.g. "
+            f"adata.X = adata.X.astype('float32'), and write the file again"
+        )
 
 
 def _counts(source: H5ADSource, m: Any) -> bool:
@@ -240,6 +269,12 @@ def _init(
                              dataclasses.replace(plan.codecs, narrow=False))
             if stored == wide.to_dict():
                 plan = wide  # a conversion that fell back to the source dtype: resume it
+            elif stored.get("format_version") != plan.format_version:
+                raise FileExistsError(
+                    f"{loc}: holds an interrupted conversion started by another scdask "
+                    f"(format {stored.get('format_version')}, this one writes "
+                    f"{plan.format_version}); pass overwrite=True (--overwrite) to start again"
+                )
             elif stored != plan.to_dict():
                 raise FileExistsError(
                     f"{loc}: holds an interrupted conversion of another source or with other "
@@ -324,27 +359,27 @@ def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
     stored = np.dtype(m.stored_dtype)
     g.create_array(
         DATA, shape=(G, cap), chunks=(1, chunk), dtype=stored, fill_value=0,
-        compressors=[_compressor(c, _value_shuffle(stored), chunk * stored.itemsize)],
+        compressors=_compressors(c, _value_shuffle(stored), chunk * stored.itemsize),
     )
     g.create_array(
         INDICES, shape=(G, cap), chunks=(1, chunk), dtype=INDEX_DTYPE, fill_value=0,
         filters=_delta(INDEX_DTYPE) if c.delta_indices else None,
-        compressors=[_compressor(c, "bitshuffle", chunk * np.dtype(INDEX_DTYPE).itemsize)],
+        compressors=_compressors(c, "bitshuffle", chunk * np.dtype(INDEX_DTYPE).itemsize),
     )
     for stat in STATS:
         g.create_array(
             cell_stat_array(stat), shape=(plan.n_obs,), chunks=(plan.row_group_size,),
             dtype="int64" if stat == "nnz" else "float64", fill_value=0,
-            compressors=[_compressor(c, "shuffle")],
+            compressors=_compressors(c, "shuffle"),
         )
     wip = root.require_group(f"{WIP_DIR}/{m.name}")
     wip.create_array(
         COLPTR, shape=(G, m.n_vars + 1), chunks=(1, m.n_vars + 1), dtype=COLPTR_DTYPE,
-        fill_value=0, filters=_delta(COLPTR_DTYPE), compressors=[_compressor(c, "bitshuffle")],
+        fill_value=0, filters=_delta(COLPTR_DTYPE), compressors=_compressors(c, "bitshuffle"),
     )
     wip.create_array(
         "gene_partial", shape=(G, 4, max(m.n_vars, 1)), chunks=(1, 4, max(m.n_vars, 1)),
-        dtype="float64", fill_value=0, compressors=[_compressor(c, "shuffle")],
+        dtype="float64", fill_value=0, compressors=_compressors(c, "shuffle"),
     )
 
 
@@ -361,7 +396,7 @@ def _write_metadata(src: H5ADSource, loc: Location, root: zarr.Group, plan: Plan
         chunks = (R, *arr.shape[1:]) if axis == "obsm" else arr.shape
         z = root.create_array(
             key, shape=arr.shape, chunks=tuple(max(1, c) for c in chunks), dtype=arr.dtype,
-            compressors=[_compressor(plan.codecs, "shuffle")],
+            compressors=_compressors(plan.codecs, "shuffle"), config=_EVERY_CHUNK,
         )
         step = R if axis == "obsm" else max(1, arr.shape[0])
         for a in range(0, arr.shape[0], step):
@@ -451,7 +486,8 @@ def convert_finalise(
     """Check every partition is done, write per-gene statistics, mark the store complete."""
     loc = Location(os.fspath(dst), storage_options)
     root = loc.open_group("r+")
-    if ROOT_ATTR in root.attrs:
+    if ROOT_ATTR in root.attrs:  # finished; only the clean-up may have been interrupted
+        loc.remove(WIP_DIR)
         return
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
     if not loc.exists(_METADATA_DONE):
@@ -466,15 +502,18 @@ def convert_finalise(
             f"{loc}: {len(missing)} of {plan.n_groups} partitions are not converted ({shown}); "
             "run convert_partition for them, or rerun the same convert to resume"
         )
+    # The partitions' results are read checked: a lost or damaged chunk is an error here,
+    # not a wrong colptr or statistic in the finished store.
+    checked = loc.open_checked(checksums=plan.format_version >= 2)
     matrices = {}
     for m in plan.matrices:
-        matrices[m.name] = _finalise_matrix(root, plan, m)
+        matrices[m.name] = _finalise_matrix(root, checked[f"{WIP_DIR}/{m.name}"], plan, m)
     obsm = sorted(root["obsm"].array_keys()) if "obsm" in root else []
     varm = sorted(root["varm"].array_keys()) if "varm" in root else []
     root.attrs.put(
         {
             ROOT_ATTR: {
-                "format_version": FORMAT_VERSION,
+                "format_version": plan.format_version,
                 "n_obs": plan.n_obs,
                 "n_vars": plan.n_vars,
                 "matrices": matrices,
@@ -485,6 +524,7 @@ def convert_finalise(
                 "created_by": f"scdask {__version__}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "uuid": uuid.uuid4().hex,
+                **_file_checksums(loc),
             }
         }
     )
@@ -493,17 +533,31 @@ def convert_finalise(
     loc.remove(WIP_DIR)
 
 
-def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, Any]:
+def _file_checksums(loc: Location) -> dict[str, int]:
+    """CRC-32C of uns.json (Parquet files carry their own page checksums)."""
+    import google_crc32c
+
+    if not loc.exists(UNS_FILE):
+        return {}
+    with loc.open(UNS_FILE, "rb") as f:
+        return {"uns_crc32c": google_crc32c.value(f.read())}
+
+
+def _finalise_matrix(root: zarr.Group, wip: zarr.Group, plan: Plan, m: MatrixPlan
+                     ) -> dict[str, Any]:
+    """Write ``colptr`` and the per-gene statistics from the partitions' results ``wip``.
+
+    Rerunnable: arrays an interrupted finalise created are written again.
+    """
     mg = root[m.name]
-    wip = root[f"{WIP_DIR}/{m.name}"]
     G = plan.n_groups
     rows = COLPTR_CHUNKS[0]
     colptr = mg.create_array(
         COLPTR, shape=(G, m.n_vars + 1),
         chunks=(max(1, min(G, rows)), min(m.n_vars + 1, COLPTR_CHUNKS[1])),
         dtype=COLPTR_DTYPE, fill_value=0, filters=_delta(COLPTR_DTYPE),
-        compressors=[_compressor(plan.codecs, "bitshuffle")],
-        config={"write_empty_chunks": True},  # so a reader can tell a lost chunk from zeros
+        compressors=_compressors(plan.codecs, "bitshuffle"),
+        config=_EVERY_CHUNK, overwrite=True,
     )
     acc = stats.empty_stats(m.n_vars)
     total = 0
@@ -521,7 +575,8 @@ def _finalise_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> dict[str, A
     for stat in STATS:
         mg.create_array(
             gene_stat_array(stat), data=np.ascontiguousarray(genes[stat]),
-            compressors=[_compressor(plan.codecs, "shuffle")],
+            compressors=_compressors(plan.codecs, "shuffle"), config=_EVERY_CHUNK,
+            overwrite=True,
         )
     info = {
         "encoding": MATRIX_ENCODING,
@@ -696,6 +751,17 @@ def convert(
     >>> import scdask
     >>> scdask.convert("plate7.h5ad", "plate7.zarr")  # doctest: +SKIP
     """
+    # One writer at a time: a second conversion into the same destination is refused
+    # while this one runs (two writers would leave a store neither of them wrote).
+    with Location(os.fspath(dst), storage_options).writer_lock():
+        return _convert(source, dst, row_group_size, chunk_size, codecs, workers, executor,
+                        memory_budget, overwrite, progress, storage_options)
+
+
+def _convert(source: str | os.PathLike[str], dst: str | os.PathLike[str], row_group_size: int,
+             chunk_size: int, codecs: Codecs | None, workers: int | None, executor: Any,
+             memory_budget: int | str, overwrite: bool, progress: bool | None,
+             storage_options: dict[str, Any] | None) -> str:
     from scdask import parallel
 
     if executor is None and workers is None:

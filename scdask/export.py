@@ -34,6 +34,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import dask
 import numpy as np
@@ -125,8 +126,9 @@ def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np
                 if sub not in writers:
                     d = os.path.join(path, sub) if sub else path
                     os.makedirs(d, exist_ok=True)
-                    writers[sub] = pq.ParquetWriter(os.path.join(d, f"part-{part:05d}.parquet"),
-                                                    t.schema, compression="zstd")
+                    writers[sub] = pq.ParquetWriter(
+                        os.path.join(d, f"part-{part:05d}.parquet"), t.schema,
+                        compression="zstd", write_page_checksum=True)
                 writers[sub].write_table(t, row_group_size=1 << 20)
             rows += table.num_rows
         return rows
@@ -244,7 +246,7 @@ def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, 
         table = pa.table(obs)
         if writer is None:
             writer = pq.ParquetWriter(os.path.join(tmp, "obs.parquet"), table.schema,
-                                      compression="zstd")
+                                      compression="zstd", write_page_checksum=True)
         writer.write_table(table.cast(writer.schema))
     writer.close()
     varcols = {"gene_id": np.unique(gene_ids), "gene": None}
@@ -254,13 +256,17 @@ def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, 
     for k, c in x.coords.items():
         if c.dims == (gene_dim,) and k != gene_dim:
             varcols[k] = np.asarray(c.values)[first]
-    pq.write_table(pa.table(varcols), os.path.join(tmp, "var.parquet"), compression="zstd")
+    pq.write_table(pa.table(varcols), os.path.join(tmp, "var.parquet"), compression="zstd",
+                   write_page_checksum=True)
     labels = None
     if partition_by is not None:
         if partition_by not in x.coords or x[partition_by].dims != ("cell",):
             raise KeyError(f"partition_by: {partition_by!r} is not an obs column")
         vals = pd.Series(np.asarray(x[partition_by].values)).astype(str)
-        labels = (f"{partition_by}=" + vals).to_numpy(dtype=object)
+        # Hive folder names, each value percent-encoded as Arrow and Spark decode them, so
+        # that no value ("../x", "a/b") names a folder outside its partition.
+        labels = np.array([f"{quote(partition_by, safe='')}={quote(v, safe='')}"
+                           for v in vals], dtype=object)
     names = None
     columns = unique.astype(np.int32)  # long: gene ids are positions in the dataset
     if layout == "wide":

@@ -19,8 +19,12 @@ import numpy as np
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
 
-FORMAT_VERSION = 1
-"""Version of the on-disk layout written by this scdask. Readers refuse newer ones."""
+FORMAT_VERSION = 2
+"""Version of the on-disk layout written by this scdask. Readers refuse newer ones.
+
+1: the layout of docs/FORMAT.md without checksums. 2: every chunk of every array ends
+with a CRC-32C and is written (all-zero chunks included); Parquet pages carry checksums.
+"""
 
 # Root group attribute holding the metadata of a complete store.
 ROOT_ATTR = "scdask"

@@ -210,7 +210,7 @@ class H5ADSource:
             if info.format == "csr":
                 return _read_csr_rows(elem, start, stop, info.n_vars, vd, scratch)
             if info.format == "csc":
-                block = _read_csc_rows(elem, start, stop, info.n_vars)
+                block = _read_csc_rows(elem, start, stop, info.n_vars, info.n_obs)
             else:
                 block = _read_dense_rows(elem, start, stop)
             indices, data = _narrowed(block.indices, block.data, info.n_vars, vd,
@@ -472,9 +472,19 @@ def _read_dense_rows(elem: h5py.Dataset, start: int, stop: int) -> CSRBlock:
     return CSRBlock(indptr, indices, data, n_cols)
 
 
-def _read_csc_rows(elem: h5py.Group, start: int, stop: int, n_cols: int) -> CSRBlock:
-    """Rows of a CSC matrix: one streaming pass over all stored entries."""
+def _read_csc_rows(elem: h5py.Group, start: int, stop: int, n_cols: int, n_rows_all: int
+                   ) -> CSRBlock:
+    """Rows of a CSC matrix: one streaming pass over all stored entries.
+
+    Checked as strictly as CSR: ``indptr`` has one offset per column plus one, rises
+    from 0 to the stored entries, and every row index lies within ``0..n_rows_all``.
+    """
     indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+    n_stored = elem["indices"].shape[0]
+    if (len(indptr) != n_cols + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
+            or indptr[-1] > min(n_stored, elem["data"].shape[0])):
+        raise FormatError(f"indptr is not {n_cols + 1} offsets non-decreasing from 0 within "
+                          f"0..{n_stored}")
     nnz = int(indptr[-1])
     itemsize = elem["indices"].dtype.itemsize + elem["data"].dtype.itemsize
     step = max(1, _SLAB_BYTES // itemsize)
@@ -482,6 +492,8 @@ def _read_csc_rows(elem: h5py.Group, start: int, stop: int, n_cols: int) -> CSRB
     for lo in range(0, nnz, step):
         hi = min(nnz, lo + step)
         idx = elem["indices"][lo:hi]
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n_rows_all):
+            raise FormatError(f"indices[{lo}:{hi}] holds a row index outside 0..{n_rows_all - 1}")
         keep = np.flatnonzero((idx >= start) & (idx < stop))
         if keep.size == 0:
             continue

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scdask.format import FORMAT_VERSION, INDEX_COLUMN
+from scdask.format import FORMAT_VERSION, INDEX_COLUMN, FormatError
 from scdask.sources import frame_to_dataframe
 
 if TYPE_CHECKING:
@@ -29,13 +29,19 @@ def write_table(loc: Location, relpath: str, table: pa.Table, row_group_size: in
             row_group_size=max(1, row_group_size),
             compression="zstd",
             write_statistics=True,
+            write_page_checksum=True,
         )
 
 
 def read_table(loc: Location, relpath: str, columns: list[str] | None = None) -> pa.Table:
     """Read (some columns of) a Parquet table of the store."""
-    with loc.open(relpath, "rb") as f:
-        return pq.read_table(f, columns=columns)
+    try:
+        with loc.open(relpath, "rb") as f:
+            return pq.read_table(f, columns=columns, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise FormatError(f"{loc.url}: {relpath} cannot be read: it is damaged ({e})") from e
 
 
 def read_frame(loc: Location, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -119,10 +125,20 @@ def write_uns(loc: Location, uns: dict[str, Any]) -> list[str]:
     return dropped
 
 
-def read_uns(loc: Location) -> dict[str, Any]:
+def read_uns(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
+    """The store's uns; with ``crc32c`` (recorded at finalise), the file is checked first."""
+    import google_crc32c
+
     from scdask.format import UNS_FILE
 
     if not loc.exists(UNS_FILE):
         return {}
     with loc.open(UNS_FILE, "rb") as f:
-        return uns_from_json(json.loads(f.read())["uns"])
+        raw = f.read()
+    if crc32c is not None and google_crc32c.value(raw) != crc32c:
+        raise FormatError(f"{loc.url}: {UNS_FILE} is damaged (its checksum does not match "
+                          "the one recorded in the store)")
+    try:
+        return uns_from_json(json.loads(raw)["uns"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"{loc.url}: {UNS_FILE} cannot be read ({e})") from e

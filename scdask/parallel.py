@@ -8,6 +8,7 @@ dask-jobqueue): partitions are plain functions of picklable arguments.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,28 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _worker_start(initializer: Callable[[], None] | None) -> None:
+    """Tie a pool worker's life to its parent's, then run ``initializer``.
+
+    Without this, workers whose driver is killed (``kill -9``, the OOM killer) finish
+    the queue and wait for more forever, holding the driver's stdout and stderr.
+    """
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not glibc
+            pass
+        if os.getppid() == 1:  # the parent died before the line above
+            os._exit(1)
+    if initializer is not None:
+        initializer()
+
+
 def process_pool(workers: int, initializer: Callable[[], None] | None = None,
                  preload: Sequence[str] = ()) -> cf.ProcessPoolExecutor:
     """A pool of ``workers`` local processes, started now.
@@ -70,8 +93,8 @@ def process_pool(workers: int, initializer: Callable[[], None] | None = None,
     ctx = multiprocessing.get_context(method)
     if method == "forkserver" and preload:
         ctx.set_forkserver_preload(["__main__", *preload])  # no effect once it runs
-    pool = cf.ProcessPoolExecutor(max_workers=workers, initializer=initializer,
-                                  mp_context=ctx)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                  initializer=functools.partial(_worker_start, initializer))
     if method == "fork":  # all workers are forked at the first submit, while still safe
         pool.submit(os.getpid)
     return pool

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import time
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import fsspec
 import zarr
 import zarr.storage
+
+from scdask.format import FormatError
 
 
 @dataclasses.dataclass
@@ -37,7 +42,31 @@ class Location:
         return self.url
 
     def path(self, relpath: str = "") -> str:
-        return f"{self.root}/{relpath}" if relpath else self.root
+        """The full path of ``relpath``, which must name something inside the root.
+
+        Raises
+        ------
+        PathOutsideError
+            For an absolute path or one with ``..`` (such paths can come from a
+            crafted store's metadata).
+        """
+        if not relpath:
+            return self.root
+        parts = relpath.replace("\\", "/").split("/")
+        if relpath.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise PathOutsideError(f"{self.url}: {relpath!r} names a path outside the store")
+        return f"{self.root}/{relpath}"
+
+    def check_inside(self, relpath: str) -> str:
+        """:meth:`path`, with symbolic links resolved on a local disk: none may leave the root."""
+        p = self.path(relpath)
+        if self.is_local:
+            root = os.path.realpath(self.root)
+            real = os.path.realpath(p)
+            if real != root and not real.startswith(root + os.sep):
+                raise PathOutsideError(
+                    f"{self.url}: {relpath} is a link to {real}, outside the store")
+        return p
 
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         """A Zarr store rooted here."""
@@ -48,17 +77,96 @@ class Location:
         )
 
     def open_group(self, mode: str = "r") -> zarr.Group:
+        """The root group, as written: for writers, and for reading a store's attributes."""
         return zarr.open_group(self.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
+
+    def open_checked(self, checksums: bool = True,
+                     optional: Callable[[str], bool] | None = None) -> zarr.Group:
+        """The root group, read-only, with every chunk read checked (:class:`CheckedStore`).
+
+        Parameters
+        ----------
+        checksums
+            Check each chunk's trailing CRC-32C (stores of format 2 and later).
+        optional
+            Arrays whose chunks may be missing (read as fill values).
+        """
+        from scdask.integrity import CheckedStore
+
+        store = CheckedStore(self.zarr_store(read_only=True), self.url, checksums, optional,
+                             self.root if self.is_local else None)
+        return zarr.open_group(store, mode="r", zarr_format=3)
 
     def open(self, relpath: str, mode: str = "rb") -> IO[bytes]:
         if "w" in mode and self.is_local:
             os.makedirs(os.path.dirname(self.path(relpath)), exist_ok=True)
-        return self.fs.open(self.path(relpath), mode)
+            return self.fs.open(self.path(relpath), mode)
+        return self.fs.open(self.check_inside(relpath), mode)
 
     def exists(self, relpath: str = "") -> bool:
         if not self.is_local:  # other processes write here: no stale listings
             self.fs.invalidate_cache(self.path(relpath))
         return bool(self.fs.exists(self.path(relpath)))
+
+    @contextlib.contextmanager
+    def writer_lock(self, wait: float = 5.0) -> Iterator[None]:
+        """Hold the single-writer lock of this destination while the block runs.
+
+        On a local disk, an ``flock`` on ``.<name>.scdask-lock`` beside the store: the
+        kernel releases it when its holder dies (with the pool workers it forked, which
+        die with their driver), so a killed writer never leaves a stale lock. Reentrant
+        within a process. Object storage has no such lock (nothing here keeps two writers
+        on two machines apart).
+
+        Parameters
+        ----------
+        wait
+            Seconds to wait for a busy lock (a killed writer's workers exiting).
+
+        Raises
+        ------
+        WriterBusyError
+            Another process holds the lock.
+        """
+        if not self.is_local or self.root in _HELD:
+            yield
+            return
+        import fcntl
+        import socket
+
+        parent, name = os.path.split(os.path.realpath(self.root))
+        os.makedirs(parent, exist_ok=True)
+        path = os.path.join(parent, f".{name}.scdask-lock")
+        deadline = time.monotonic() + wait
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                raise WriterBusyError(
+                    f"{self.url}: another scdask process ({holder}) is writing this store; "
+                    "wait for it to finish or stop it, then run again"
+                ) from None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # locked the file that is still there
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it as we waited: lock the new one
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        _HELD.add(self.root)
+        try:
+            yield
+        finally:
+            _HELD.discard(self.root)
+            os.unlink(path)
+            os.close(fd)
 
     def remove(self, relpath: str = "") -> None:
         """Delete ``relpath`` (a file or a folder) if it exists."""
@@ -80,6 +188,17 @@ class Location:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
+
+
+_HELD: set[str] = set()  # destinations whose writer lock this process holds
+
+
+class WriterBusyError(FileExistsError):
+    """Another process is writing the destination."""
+
+
+class PathOutsideError(FormatError):
+    """A path read from a store's metadata, or a link in it, leads outside the store."""
 
 
 class DestinationError(ValueError):

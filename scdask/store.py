@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,10 @@ from scdask.storage import Location
 
 class IncompleteStoreError(FormatError):
     """The store is a conversion that has not finished."""
+
+
+class ReplacedStoreError(FormatError):
+    """The store was replaced (or removed) after it was opened."""
 
 
 class Store:
@@ -64,7 +69,9 @@ class Store:
         if not self.loc.exists("zarr.json"):
             raise FormatError(f"{self.url}: is not a Zarr v3 store (no zarr.json), not a scdask store")
         try:
-            self.root = self.loc.open_group("r")
+            # Every chunk read through the root is checked (scdask.integrity); what is
+            # checked depends on the format version, known once the attributes are read.
+            self.root = self.loc.open_checked(checksums=False)
             attrs = self.root.attrs.asdict()
         except Exception as e:
             raise FormatError(f"{self.url}: zarr.json cannot be read ({e})") from e
@@ -77,10 +84,55 @@ class Store:
             raise FormatError(f"{self.url}: not a scdask store (no '{ROOT_ATTR}' attribute)")
         self.attrs: dict[str, Any] = attrs[ROOT_ATTR]
         check_version(self.attrs.get("format_version"), self.url)
+        self.format_version: int = self.attrs["format_version"]
+        checked = self.root.store
+        if self.format_version >= 2:
+            checked.checksums = True
+        else:
+            checked.optional = _v1_optional
+            _warn_unchecked(self.url)
         self.n_obs: int = int(self.attrs["n_obs"])
         self.n_vars: int = int(self.attrs["n_vars"])
         self.row_group_size: int = int(self.attrs["row_group_size"])
         self.matrices: dict[str, dict[str, Any]] = self.attrs["matrices"]
+        self._check_attrs()
+
+    def _check_attrs(self) -> None:
+        """Refuse attributes that disagree with each other or with the arrays on disk.
+
+        Nothing is sized from the attributes alone: each matrix's ``colptr`` array,
+        whose shape is fixed by its own metadata, must have one row per row group.
+        """
+        where = f"{self.url}: the store's attributes"
+        if not (self.n_obs >= 0 and self.n_vars >= 0 and 1 <= self.row_group_size <= 1 << 16):
+            raise FormatError(f"{where} give an impossible shape or row group size")
+        if not isinstance(self.matrices, dict):
+            raise FormatError(f"{where} hold no mapping of matrices")
+        for name, m in self.matrices.items():
+            shape = m.get("shape") if isinstance(m, dict) else None
+            if (not isinstance(shape, list) or len(shape) != 2 or shape[0] != self.n_obs
+                    or not isinstance(shape[1], int) or shape[1] < 0
+                    or m.get("n_groups") != self.n_groups):
+                raise FormatError(f"{where} give matrix {name!r} a shape that disagrees "
+                                  f"with the store's {self.n_obs} cells")
+            self.array(f"{name}/{COLPTR}")  # shape checked against the attributes
+
+    def check_current(self) -> None:
+        """Raise :class:`ReplacedStoreError` if the store was replaced since it was opened.
+
+        Every read path calls it before reading, so that arrays opened from the old
+        store's metadata never read another conversion's chunks.
+        """
+        try:
+            raw = self.loc.fs.cat_file(self.loc.path("zarr.json"))
+            now = json.loads(raw).get("attributes", {}).get(ROOT_ATTR, {}).get("uuid")
+        except (OSError, ValueError, AttributeError):
+            now = None
+        if now != self.attrs.get("uuid"):
+            raise ReplacedStoreError(
+                f"{self.url}: the store was replaced or removed after it was opened (uuid "
+                f"{now} instead of {self.attrs.get('uuid')}); open it again"
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Tasks on other processes reopen the store once per process (see open_store).
@@ -113,9 +165,31 @@ class Store:
 
         try:
             with implementations():
-                return self.root[path]
+                arr = self.root[path]
         except KeyError:
             raise FormatError(f"{self.url}: array {path} is missing") from None
+        want = self._expected_shape(path)
+        if not isinstance(arr, zarr.Array) or (want is not None and arr.shape != want):
+            got = arr.shape if isinstance(arr, zarr.Array) else "a group"
+            raise FormatError(f"{self.url}: array {path} has shape {got}, its attributes "
+                              f"say {want}; the store is damaged or not a scdask store")
+        return arr
+
+    def _expected_shape(self, path: str) -> tuple[int, ...] | None:
+        """The shape the root and matrix attributes give array ``path``."""
+        name, _, leaf = path.rpartition("/")
+        if name not in self.matrices:
+            return None
+        n_vars = int(self.matrix(name)["shape"][1])
+        if leaf in (DATA, INDICES):
+            return (self.n_groups, max(1, self.row_group_size * n_vars))
+        if leaf == COLPTR:
+            return (self.n_groups, n_vars + 1)
+        if leaf.startswith("cell_"):
+            return (self.n_obs,)
+        if leaf.startswith("gene_"):
+            return (n_vars,)
+        return None
 
     def colptr(self, name: str, groups: slice | np.ndarray, genes: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Offsets of each gene within each row group: ``colptr[groups, genes]``."""
@@ -124,7 +198,9 @@ class Store:
 
     def read_group(self, name: str, group: int, with_indices: bool = True) -> GroupBlock:
         """Row group ``group`` of matrix ``name``, every gene."""
+        self.check_current()
         cp = np.asarray(self.array(f"{name}/{COLPTR}")[group], dtype=np.int64)
+        self._check_ranges(name, group, cp[:-1], cp[1:], whole=True)
         nnz = int(cp[-1])
         dtype = self.dtype(name)
         data = self.array(f"{name}/{DATA}")[group, :nnz] if nnz else np.zeros(0, dtype)
@@ -134,7 +210,26 @@ class Store:
         else:
             indices = np.zeros(0 if with_indices else nnz, np.uint16)
         start, stop = self.group_rows(group)
+        self._check_cells(name, group, indices, stop - start)
         return GroupBlock(cp, indices, data, stop - start)
+
+    def _check_ranges(self, name: str, group: int, a: np.ndarray, b: np.ndarray,
+                      whole: bool = False) -> None:
+        """Refuse colptr ranges ``a[j]:b[j]`` that are reversed or leave the group's row."""
+        cap = self.array(f"{name}/{DATA}").shape[1]
+        if len(a) and (a.min() < 0 or b.max() > cap or (b < a).any() or (whole and a[0])):
+            raise FormatError(
+                f"{self.url}: {name}/{COLPTR}: row group {group} holds offsets that are not "
+                f"non-decreasing from 0 within the {cap} entries of a row; the store is damaged"
+            )
+
+    def _check_cells(self, name: str, group: int, cells: np.ndarray, n_rows: int) -> None:
+        """Refuse cell indices outside the group's ``n_rows`` cells (kernels index with them)."""
+        if len(cells) and int(cells.max()) >= n_rows:
+            raise FormatError(
+                f"{self.url}: {name}/{INDICES}: row group {group} holds a cell index >= its "
+                f"{n_rows} cells; the store is damaged"
+            )
 
     def colptr_row(self, name: str, group: int, cols: np.ndarray | None = None) -> np.ndarray:
         """``colptr[group, cols]`` (all columns by default), through a per-process chunk cache.
@@ -148,7 +243,7 @@ class Store:
         n = arr.shape[1]
         wanted = range(-(-n // cc)) if cols is None else np.unique(np.asarray(cols) // cc)
         key = (self.url, self.attrs.get("uuid"), name)
-        parts = {int(c): _colptr_chunk(key, arr, r, int(c), self.loc)[group - r * rc]
+        parts = {int(c): _colptr_chunk(key, arr, r, int(c))[group - r * rc]
                  for c in wanted}
         if cols is None:
             return np.concatenate([parts[c] for c in sorted(parts)])
@@ -183,6 +278,7 @@ class Store:
             when ``with_indices`` is false). A contiguous run of genes is one read;
             other selections read each gene's range of the chunks that hold it.
         """
+        self.check_current()
         data, idx = self.array(f"{name}/{DATA}"), self.array(f"{name}/{INDICES}")
         if genes is None:
             cp = self.colptr_row(name, group)
@@ -192,6 +288,7 @@ class Store:
             cols = np.union1d(genes, genes + 1)
             cp = self.colptr_row(name, group, cols)
             a, b = cp[np.searchsorted(cols, genes)], cp[np.searchsorted(cols, genes + 1)]
+        self._check_ranges(name, group, a, b, whole=genes is None)
         lengths = b - a
         total = int(lengths.sum())
         ends = np.cumsum(lengths)
@@ -208,6 +305,9 @@ class Store:
             pos = np.repeat(a[keep] - starts[keep], lengths[keep]) + np.arange(total)
             vals = data.get_orthogonal_selection((group, pos))
             rows = idx.get_orthogonal_selection((group, pos)) if with_indices else empty_rows
+        if with_indices:
+            start, stop = self.group_rows(group)
+            self._check_cells(name, group, rows, stop - start)
         if not vals.all():  # stored values are never 0: a 0 is a chunk zarr could not find
             raise FormatError(
                 f"{self.url}: {name}/{DATA}: row group {group} reads zeros where stored values "
@@ -220,6 +320,7 @@ class Store:
 
     def stat(self, name: str, axis: str, stat: str) -> np.ndarray:
         """A statistic stored at conversion: ``axis`` is ``cell`` or ``gene``."""
+        self.check_current()
         return self.array(f"{name}/{axis}_{stat}")[:]
 
     def obs(self, columns: list[str] | None = None) -> pd.DataFrame:
@@ -227,11 +328,38 @@ class Store:
 
     def var(self, name: str = "X") -> pd.DataFrame:
         rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
-        return read_frame(self.loc, rel)
+        var = read_frame(self.loc, rel)
+        n = self.matrix(name)["shape"][1] if name in self.matrices else self.n_vars
+        if len(var) != n:
+            raise FormatError(f"{self.url}: {rel} has {len(var)} rows, the matrix {name} "
+                              f"{n} genes")
+        return var
 
     def uns(self) -> dict[str, Any]:
         """The source's ``uns``, as far as JSON could keep it (the rest was named at conversion)."""
-        return read_uns(self.loc)
+        return read_uns(self.loc, self.attrs.get("uns_crc32c"))
+
+
+def _v1_optional(array: str) -> bool:
+    """Arrays of a format-1 store whose all-zero chunks were not written."""
+    return array.rsplit("/", 1)[-1].startswith("gene_") or array.startswith(("obsm/", "varm/"))
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unchecked(url: str) -> None:
+    if url not in _WARNED:
+        _WARNED.add(url)
+        warnings.warn(
+            f"{url}: this store has scdask format 1, whose chunks carry no checksums, so "
+            "damage to it may go unnoticed; convert its source again to get a checked store",
+            UncheckedStoreWarning, stacklevel=3,
+        )
+
+
+class UncheckedStoreWarning(UserWarning):
+    """A store was written before chunks carried checksums (format 1)."""
 
 
 _COLPTR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
@@ -239,18 +367,13 @@ _COLPTR_CACHE_CHUNKS = 192  # at most 96 MB of decoded (64 × 1024) int64 chunks
 _COLPTR_LOCK = threading.Lock()
 
 
-def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int, loc: Location
-                  ) -> np.ndarray:
+def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int) -> np.ndarray:
     k = (*key, r, c)
     with _COLPTR_LOCK:
         hit = _COLPTR_CACHE.pop(k, None)
         if hit is not None:
             _COLPTR_CACHE[k] = hit  # most recently used last
             return hit
-    name = key[2]
-    chunk = f"{name}/{COLPTR}/c/{r}/{c}"
-    if not loc.exists(chunk):  # every colptr chunk is written, zeros included (FORMAT.md)
-        raise FormatError(f"{loc.url}: chunk {chunk} is missing; the store is damaged")
     rc, cc = arr.chunks
     block = np.asarray(arr[r * rc : (r + 1) * rc, c * cc : (c + 1) * cc], dtype=np.int64)
     with _COLPTR_LOCK:
@@ -264,7 +387,7 @@ def _colptr_chunk(key: tuple[Any, ...], arr: zarr.Array, r: int, c: int, loc: Lo
 def _cached_store(url: str, options: str, uuid: str | None) -> Store:
     store = Store(url, json.loads(options))
     if uuid is not None and store.attrs.get("uuid") != uuid:
-        raise FormatError(
+        raise ReplacedStoreError(
             f"{url}: the store was replaced after it was opened (uuid {store.attrs.get('uuid')} "
             f"instead of {uuid}); open it again"
         )

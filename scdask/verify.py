@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scdask import blocks, stats
-from scdask.format import STATS
+from scdask.format import STATS, FormatError
 from scdask.store import Store
 
 
@@ -80,15 +80,22 @@ def verify(
             report.problems.append(f"matrices differ: source {sorted(names)}, store {sorted(st.matrices)}")
         if (src.n_obs, src.n_vars) != (st.n_obs, st.n_vars):
             report.problems.append(f"shape differs: source {src.n_obs}×{src.n_vars}, store {st.n_obs}×{st.n_vars}")
+    damaged = _check_files(st, report)
     for name, info in st.matrices.items():
         n_vars = info["shape"][1]
         total = 0
         acc = stats.empty_stats(n_vars)
         for g in range(st.n_groups):
-            if len(report.problems) >= max_problems:
+            if len(report.problems) >= max_problems + damaged:
                 return report
             where = f"{st.url}: {name} row group {g}"
-            block = st.read_group(name, g)
+            try:
+                block = st.read_group(name, g)
+            except FormatError as e:
+                if not damaged:  # a damaged chunk is reported once, above
+                    report.problems.append(f"{where}: {e}")
+                total = -1
+                continue
             cp = block.colptr
             if cp[0] != 0 or np.any(np.diff(cp) < 0):
                 report.problems.append(f"{where}: colptr is not non-decreasing from 0")
@@ -100,7 +107,12 @@ def verify(
             start, stop = st.group_rows(g)
             cells = stats.finish_stats(*blocks.cell_stats(block), n_vars)
             for stat in STATS:
-                stored = st.array(f"{name}/cell_{stat}")[start:stop]
+                try:
+                    stored = st.array(f"{name}/cell_{stat}")[start:stop]
+                except FormatError as e:
+                    if not damaged:
+                        report.problems.append(f"{where}: {e}")
+                    continue
                 if not _close(stored, cells[stat]):
                     report.problems.append(f"{where}: cell_{stat} disagrees with the values")
             if src is not None and name in names:
@@ -108,11 +120,19 @@ def verify(
                 for part in ("colptr", "indices", "data"):
                     if not _same(getattr(ref, part), getattr(block, part)):
                         report.problems.append(f"{where}: {part} differs from the source")
+        if total < 0:
+            continue  # some row groups could not be read: their statistics cannot be checked
         if total != info["nnz"]:
             report.problems.append(f"{st.url}: {name}: {total} non-zeros stored, attrs say {info['nnz']}")
         genes = stats.finish_stats(*acc, st.n_obs)
         for stat in STATS:
-            if not _close(st.stat(name, "gene", stat), genes[stat]):
+            try:
+                stored = st.stat(name, "gene", stat)
+            except FormatError as e:
+                stored = None
+                if not damaged:
+                    report.problems.append(str(e))
+            if stored is not None and not _close(stored, genes[stat]):
                 report.problems.append(f"{st.url}: {name}: gene_{stat} disagrees with the values")
         report.checked.append(f"{name}: {st.n_groups} row groups, {total} non-zeros"
                               + (", every value against the source" if src is not None else ""))
@@ -129,6 +149,43 @@ def verify(
                 report.problems.append(f"{key} differs from the source: {str(e).splitlines()[0]}")
         src.close()
     return report
+
+
+def _check_files(st: Store, report: Report) -> int:
+    """Report every missing or damaged chunk and file of the store; return how many."""
+    from scdask.format import COLPTR, OBS_FILE, UNS_FILE
+    from scdask.integrity import damaged_chunks
+    from scdask.metadata import read_table
+
+    def extents(path: str) -> np.ndarray | None:
+        name, _, leaf = path.rpartition("/")
+        if name not in st.matrices or leaf not in ("data", "indices"):
+            return None
+        try:
+            nnz = np.asarray(st.array(f"{name}/{COLPTR}")[:, -1], dtype=np.int64)
+        except FormatError:
+            return np.zeros(0, np.int64)  # colptr is damaged (reported): check what is there
+        return -(-nnz // st.array(path).chunks[1])
+
+    found = damaged_chunks(st.root, st.loc, st.format_version >= 2, extents)
+    files = [OBS_FILE, *sorted({m["var"] for m in st.matrices.values()})]
+    for rel in files:
+        try:
+            n = read_table(st.loc, rel).num_rows
+            report.checked.append(f"{rel}: {n} rows, every page's checksum")
+        except (FormatError, OSError, ValueError) as e:
+            found.append(str(e))
+    if st.loc.exists(UNS_FILE):
+        try:
+            st.uns()
+            report.checked.append(f"{UNS_FILE}: readable")
+        except (FormatError, OSError, ValueError) as e:
+            found.append(f"{st.url}: {UNS_FILE} cannot be read ({e})")
+    if not found:
+        report.checked.append("every chunk of every array is present"
+                              + (" and matches its checksum" if st.format_version >= 2 else ""))
+    report.problems += found
+    return len(found)
 
 
 def info(store: str | os.PathLike[str] | Store) -> dict[str, Any]:

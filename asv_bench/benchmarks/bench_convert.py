@@ -29,6 +29,13 @@ class Convert(common.PlateBenchmark):
 
         scdask.convert(self.src, self.dst, workers=2, overwrite=True, progress=False)
 
+    def time_convert_2_workers_without_checksums(self, plates, n):
+        """The same conversion writing a format-1 store: what checksums cost to write."""
+        import scdask
+
+        with common.unchecked():
+            scdask.convert(self.src, self.dst, workers=2, overwrite=True, progress=False)
+
     def track_convert_2_workers_fresh_process(self, plates, n):
         """Seconds of the ``scdask.convert`` call in a fresh process, as from the command
         line or a script: the workers are forked, with this process's imports."""

@@ -42,11 +42,19 @@ class OneGene(common.PlateBenchmark):
 
     def setup(self, plates, n):
         common.warm(plates[n]["store"])
+        common.warm(plates[n]["unchecked"])
 
     def time_scdask(self, plates, n):
         import scdask
 
         g = scdask.open(plates[n]["store"]).X.sel(gene=GENE)
+        dask.compute(g.count(), g.max(), g.mean())
+
+    def time_scdask_without_checksums(self, plates, n):
+        """The same query on a format-1 store (no checksums): what checking costs."""
+        import scdask
+
+        g = scdask.open(plates[n]["unchecked"]).X.sel(gene=GENE)
         dask.compute(g.count(), g.max(), g.mean())
 
     def time_floor_read_gene_bytes(self, plates, n):

@@ -8,6 +8,7 @@ plates are), an uncompressed copy (the page-cache floor for scans) and a scdask 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -35,9 +36,12 @@ def plate(n: int) -> dict[str, str]:
     import scdask
     from scdask.datasets import synth
 
+    from scdask.format import FORMAT_VERSION
+
     d = data_dir()
     paths = {k: os.path.join(d, f"plate{n}{suffix}") for k, suffix in
-             (("h5ad", ".h5ad"), ("raw", "_raw.h5ad"), ("store", ".zarr"))}
+             (("h5ad", ".h5ad"), ("raw", "_raw.h5ad"), ("store", f"_v{FORMAT_VERSION}.zarr"),
+              ("unchecked", "_unchecked.zarr"))}
     if not os.path.exists(paths["h5ad"] + ".done"):
         synth(paths["h5ad"], n, seed=7)
         open(paths["h5ad"] + ".done", "w").close()
@@ -47,7 +51,23 @@ def plate(n: int) -> dict[str, str]:
     if not os.path.exists(paths["store"] + ".done"):
         scdask.convert(paths["h5ad"], paths["store"], overwrite=True, progress=False)
         open(paths["store"] + ".done", "w").close()
+    if not os.path.exists(paths["unchecked"] + ".done"):
+        with unchecked():
+            scdask.convert(paths["h5ad"], paths["unchecked"], overwrite=True, progress=False)
+        open(paths["unchecked"] + ".done", "w").close()
     return paths
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Conversions write format-1 stores, without checksums: the baseline of their cost."""
+    import scdask.convert
+
+    scdask.convert._CHECKSUMS = False
+    try:
+        yield
+    finally:
+        scdask.convert._CHECKSUMS = True
 
 
 def warm(store: str) -> None:
