@@ -303,8 +303,18 @@ def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
             raise ValueError(f"unknown reduction {op!r}")
     if not skipna:
         r = np.where(p[NAN] > 0, np.nan, r)
-    if integer and op == "sum" and not np.isnan(r).any():
-        return r.astype(np.int64)
+    if integer and op == "sum":
+        # Partials accumulate in float64, exact while no partial sum can reach 2**53:
+        # bounded by the largest magnitude times the values counted. Beyond, say so.
+        with np.errstate(invalid="ignore"):
+            bound = np.maximum(np.abs(p[MIN]), np.abs(p[MAX])) * n
+        if (bound >= 2.0**53).any():
+            raise OverflowError(
+                "an integer sum may exceed 2**53, beyond which its float64 accumulation is "
+                "not exact; sum x.astype('float64') to accept a rounded result"
+            )
+        if not np.isnan(r).any():
+            return r.astype(np.int64)
     return r
 
 

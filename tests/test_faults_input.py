@@ -98,6 +98,34 @@ def test_unsupported_value_dtype_is_named(tmp_path, dtype):
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    "dtype, big", [(np.uint64, np.iinfo(np.uint64).max), (np.int64, 2**53 + 1)]
+)
+def test_integer_sums_beyond_float64_say_so(tmp_path, dtype, big):
+    m = sp.csr_matrix(np.array([[big, 0], [1, 2], [0, 3]], dtype=dtype))
+    p = tmp_path / "x.h5ad"
+    _write(p, m)
+    scdask.convert(p, tmp_path / "o.zarr", workers=0)
+    X = scdask.open(tmp_path / "o.zarr").X
+    with pytest.raises(OverflowError, match="2\\*\\*53"):
+        X.sum("cell").compute()
+    assert X.sel(gene="g1").sum().compute().item() == 5  # a gene far from the bound stays exact
+
+
+def test_integer_sums_are_exact_integers(tmp_path):
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, 2**31 - 1, size=(300, 7), dtype=np.int64)
+    dense[rng.random(dense.shape) < 0.6] = 0
+    p = tmp_path / "x.h5ad"
+    _write(p, sp.csr_matrix(dense))
+    scdask.convert(p, tmp_path / "o.zarr", row_group_size=64, workers=0)
+    ds = scdask.open(tmp_path / "o.zarr")
+    got = ds.X.sum("cell").compute().values
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, dense.sum(0))
+    np.testing.assert_array_equal(ds.X.sum("gene").compute().values, dense.sum(1))
+
+
 @pytest.mark.parametrize("after", ["colptr", "gene_sum", "gene_max", "root_attrs"])
 def test_finalise_interrupted_anywhere_resumes(tiny_plate, tmp_path, monkeypatch, after):
     dst = tmp_path / "f.zarr"
