@@ -53,6 +53,7 @@ from scdask.format import (
     parse_row_group_size,
 )
 from scdask.h5ad import H5ADSource
+from scdask.integrity import write_tables
 from scdask.scratch import Scratch
 from scdask.storage import Location, check_destination
 
@@ -311,14 +312,15 @@ def convert_metadata(
     if loc.exists(_METADATA_DONE):
         with loc.open(_METADATA_DONE, "rb") as f:
             return list(json.loads(f.read())["dropped"])
-    root = loc.open_group("r+")
+    crcs: dict[str, int] = {}
+    root = loc.open_group("r+", crcs)
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
     _check_source(plan)
     src = H5ADSource(plan.source)
     dropped = _write_metadata(src, loc, root, plan)
     src.close()
     with loc.open(_METADATA_DONE, "wb") as f:
-        f.write(json.dumps({"dropped": dropped}).encode())
+        f.write(json.dumps({"dropped": dropped, "crc32c": crcs}).encode())
     return dropped
 
 
@@ -416,7 +418,8 @@ def convert_partition(
     ``scratch``, the row group is read and transposed in its buffers (kept for the next).
     """
     loc = Location(os.fspath(dst), storage_options)
-    root = loc.open_group("r+")
+    crcs: dict[str, int] = {}
+    root = loc.open_group("r+", crcs)
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
     if not 0 <= partition < plan.n_groups:
         raise IndexError(f"{loc}: partition {partition} is outside 0..{plan.n_groups - 1}")
@@ -430,7 +433,7 @@ def convert_partition(
         nnz = _convert_rows(root, plan, src, partition, to_group, scratch)
     src.close()
     with loc.open(_marker(partition), "wb") as f:
-        f.write(json.dumps({"nnz": nnz}).encode())
+        f.write(json.dumps({"nnz": nnz, "crc32c": crcs}).encode())
     return nnz
 
 
@@ -485,7 +488,8 @@ def convert_finalise(
 ) -> None:
     """Check every partition is done, write per-gene statistics, mark the store complete."""
     loc = Location(os.fspath(dst), storage_options)
-    root = loc.open_group("r+")
+    crcs: dict[str, int] = {}
+    root = loc.open_group("r+", crcs)
     if ROOT_ATTR in root.attrs:  # finished; only the clean-up may have been interrupted
         loc.remove(WIP_DIR)
         return
@@ -510,6 +514,12 @@ def convert_finalise(
         matrices[m.name] = _finalise_matrix(root, checked[f"{WIP_DIR}/{m.name}"], plan, m)
     obsm = sorted(root["obsm"].array_keys()) if "obsm" in root else []
     varm = sorted(root["varm"].array_keys()) if "varm" in root else []
+    if plan.format_version >= 2:
+        written: dict[str, int] = {}  # every chunk's CRC, as each task wrote it
+        for marker in [_METADATA_DONE, *map(_marker, range(plan.n_groups))]:
+            with loc.open(marker, "rb") as f:
+                written.update(json.loads(f.read())["crc32c"])
+        write_tables(loc, root, {**written, **crcs}, skip=WIP_DIR)
     root.attrs.put(
         {
             ROOT_ATTR: {

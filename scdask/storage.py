@@ -76,9 +76,18 @@ class Location:
             self.url, storage_options=self.storage_options, read_only=read_only
         )
 
-    def open_group(self, mode: str = "r") -> zarr.Group:
-        """The root group, as written: for writers, and for reading a store's attributes."""
-        return zarr.open_group(self.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
+    def open_group(self, mode: str = "r", crcs: dict[str, int] | None = None) -> zarr.Group:
+        """The root group, as written: for writers, and for reading a store's attributes.
+
+        With ``crcs``, the CRC of every chunk written through the group is noted in it
+        (:class:`scdask.integrity.RecordingStore`).
+        """
+        store = self.zarr_store(read_only=mode == "r")
+        if crcs is not None:
+            from scdask.integrity import RecordingStore
+
+            store = RecordingStore(store, crcs)
+        return zarr.open_group(store, mode=mode, zarr_format=3)
 
     def open_checked(self, checksums: bool = True,
                      optional: Callable[[str], bool] | None = None) -> zarr.Group:

@@ -87,7 +87,7 @@ class Store:
         self.format_version: int = self.attrs["format_version"]
         checked = self.root.store
         if self.format_version >= 2:
-            checked.checksums = True
+            checked.checksums = checked.positions = True
         else:
             checked.optional = _v1_optional
             _warn_unchecked(self.url)

@@ -12,6 +12,7 @@ import os
 import shutil
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,11 +69,18 @@ def _damage(path: str, how: str) -> None:
         raw = raw[: len(raw) // 2]
     elif how == "empty":
         raw = bytearray()
+    elif how == "swap":  # another chunk of the same array, intact: a misplaced copy
+        folder = Path(path.rsplit("/c/", 1)[0]) / "c"
+        others = sorted(p for p in folder.rglob("*")
+                        if p.is_file() and str(p) != path and p.read_bytes() != bytes(raw))
+        if not others:
+            pytest.skip("the array has no other chunk with other bytes")
+        raw = bytearray(others[0].read_bytes())
     with open(path, "wb") as f:
         f.write(bytes(raw))
 
 
-@pytest.mark.parametrize("how", ["delete", "flip", "truncate", "empty"])
+@pytest.mark.parametrize("how", ["delete", "flip", "truncate", "empty", "swap"])
 @pytest.mark.parametrize("array", ARRAYS)
 def test_damaged_chunk_is_an_error_naming_it(store, array, how):
     right = _queries(store)
@@ -89,6 +97,28 @@ def test_damaged_chunk_is_an_error_naming_it(store, array, how):
     report = verify(str(store))
     assert not report.ok
     assert any(array in p and coords in p for p in report.problems), report.problems
+
+
+def test_chunk_copied_from_another_array_is_an_error(store):
+    shutil.copy(store / "X/gene_sum/c/0", store / "X/gene_max/c/0")
+    with pytest.raises(ChunkError, match="X/gene_max: chunk 0 is not the chunk written"):
+        scdask.open(store)["gene_max"].values
+    assert any("X/gene_max: chunk 0" in p for p in verify(str(store)).problems)
+
+
+def test_missing_or_damaged_position_table_is_an_error(store):
+    from scdask.integrity import TABLE
+
+    (store / "X/data" / TABLE).unlink()
+    raw = bytearray((store / "X/indices" / TABLE).read_bytes())
+    raw[-10] ^= 1
+    (store / "X/indices" / TABLE).write_bytes(bytes(raw))
+    with pytest.raises(ChunkError, match=rf"X/(data|indices): {TABLE} (\(the CRCs.*\) )?is (missing|damaged)"):
+        scdask.open(store).X.sum("gene").values
+    problems = verify(str(store)).problems
+    assert any(f"X/data: {TABLE} (the CRCs of its chunks by position) is missing" in p
+               for p in problems), problems
+    assert any(f"X/indices: {TABLE} is damaged" in p for p in problems), problems
 
 
 def test_verify_reports_every_damaged_chunk(store):
@@ -184,6 +214,18 @@ def test_stat_array_larger_than_attributes_is_refused(store):
         scdask.open(store)
 
 
+def _reseal(store, array: str) -> None:
+    """Record an array's chunks as they are now in its table, as a crafter would."""
+    from scdask.integrity import TABLE, decode_table, encode_table
+
+    table = decode_table("", array, (store / array / TABLE).read_bytes())
+    for f in (store / array / "c").rglob("*"):
+        if f.is_file():
+            idx = tuple(int(p) for p in f.relative_to(store / array / "c").parts)
+            table[idx] = np.frombuffer(f.read_bytes()[-4:], "<u4")[0]
+    (store / array / TABLE).write_bytes(encode_table(table))
+
+
 def _rewrite(store, array: str, fn) -> None:
     """Rewrite an array through zarr with valid checksums: a crafted, not a damaged, store."""
     import zarr
@@ -194,6 +236,7 @@ def _rewrite(store, array: str, fn) -> None:
         arr = zarr.open_array(store / array, mode="r+")
         values = arr[:]
         arr[:] = fn(values)
+    _reseal(store, array)
 
 
 def test_crafted_colptr_past_the_data_is_refused(store):
@@ -218,6 +261,7 @@ def test_crafted_cell_index_out_of_range_is_refused(store):
         row = arr[0, :4096]
         row[5] = 65535
         arr[0, :4096] = row
+    _reseal(store, "X/indices")
     with pytest.raises(FormatError, match="cell index"):
         scdask.open(store).X.sum("gene").values
     assert not verify(str(store)).ok
