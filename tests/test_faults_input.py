@@ -262,3 +262,23 @@ def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
     time.sleep(0.1)
     with Location(str(dst)).writer_lock():  # the kernel released the dead holder's lock
         pass
+
+
+def test_verify_against_does_not_trust_scdasks_reader(tmp_path, monkeypatch):
+    """A reader bug that converts a value wrongly is caught: the reference is anndata + scipy."""
+    p, m = _csc(tmp_path)
+    from scdask.h5ad import H5ADSource
+
+    read_rows = H5ADSource.read_rows
+
+    def wrong(self, *args, **kwargs):
+        block = read_rows(self, *args, **kwargs)
+        block.data[:1] += 1  # the kind of slip a reader can make
+        return block
+
+    monkeypatch.setattr(H5ADSource, "read_rows", wrong)
+    scdask.convert(p, tmp_path / "o.zarr", row_group_size=64, workers=0)
+    assert verify(str(tmp_path / "o.zarr")).ok  # self-consistent: its statistics agree
+    report = verify(str(tmp_path / "o.zarr"), against=p)  # the wrong reader still in place
+    assert not report.ok
+    assert any("data differs from the source" in q for q in report.problems), report.problems

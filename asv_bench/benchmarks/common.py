@@ -9,6 +9,7 @@ plates are), an uncompressed copy (the page-cache floor for scans) and a scdask 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import warnings
@@ -55,19 +56,23 @@ def plate(n: int) -> dict[str, str]:
         with unchecked():
             scdask.convert(paths["h5ad"], paths["unchecked"], overwrite=True, progress=False)
         open(paths["unchecked"] + ".done", "w").close()
+    with open(os.path.join(paths["unchecked"], "zarr.json")) as f:  # a baseline, not a copy
+        if json.load(f)["attributes"]["scdask"]["format_version"] != 1:
+            raise RuntimeError(f"{paths['unchecked']} carries checksums: not the baseline")
     return paths
 
 
 @contextlib.contextmanager
 def unchecked():
     """Conversions write format-1 stores, without checksums: the baseline of their cost."""
-    import scdask.convert
+    import importlib
 
-    scdask.convert._CHECKSUMS = False
+    convert = importlib.import_module("scdask.convert")  # the module: scdask.convert is the function
+    convert._CHECKSUMS = False
     try:
         yield
     finally:
-        scdask.convert._CHECKSUMS = True
+        convert._CHECKSUMS = True
 
 
 def warm(store: str) -> None:
