@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
-from scdask.convert import convert  # noqa: E402 - after __version__, which it imports
+from scdask._version import __version__
+from scdask.conversion import convert
 
 # Imported when first used, so conversion workers do not load xarray, pandas and sparse.
 _LAZY = {

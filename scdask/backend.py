@@ -28,7 +28,7 @@ from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_i
 
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
 from scdask.lazy import Base, Part, ScdaskArray
-from scdask.store import Store
+from scdask.store.reader import Store
 
 
 class GeneIndex(PandasIndex):
@@ -212,7 +212,7 @@ def _lazy_cells(stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: 
 
 
 def _obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
-    from scdask.metadata import frame_schema
+    from scdask.store.metadata import frame_schema
 
     schemas = [frame_schema(st.loc, OBS_FILE) for st in stores]
     names = [n for n in schemas[0].names if all(n in s.names for s in schemas[1:])]

@@ -126,7 +126,7 @@ def convert(src: str, dst: str, row_group_size: int | None, chunk_size: int | No
 def convert_init(src: str, dst: str, row_group_size: int | None, chunk_size: int | None,
                  overwrite: bool, narrow: bool) -> None:
     """Plan a conversion and print the number of partitions (for an HPC job array)."""
-    from scdask.convert import convert_init as _init
+    from scdask.conversion.steps import convert_init as _init
 
     try:
         plan = _init(src, dst, overwrite=overwrite, codecs=Codecs(narrow=narrow),
@@ -141,7 +141,7 @@ def convert_init(src: str, dst: str, row_group_size: int | None, chunk_size: int
 @click.argument("partitions", type=int, nargs=-1, required=True)
 def convert_partition(dst: str, partitions: tuple[int, ...]) -> None:
     """Convert the given PARTITIONS of an initialised conversion."""
-    from scdask.convert import convert_partition as _part
+    from scdask.conversion.steps import convert_partition as _part
 
     try:
         for p in partitions:
@@ -154,7 +154,7 @@ def convert_partition(dst: str, partitions: tuple[int, ...]) -> None:
 @click.argument("dst")
 def convert_finalise(dst: str) -> None:
     """Check every partition is converted and mark the store complete."""
-    from scdask.convert import convert_finalise as _fin
+    from scdask.conversion.steps import convert_finalise as _fin
 
     try:
         _fin(dst)
@@ -167,7 +167,7 @@ def convert_finalise(dst: str) -> None:
 @click.option("--against", type=click.Path(exists=True, dir_okay=False), help="The source .h5ad.")
 def verify(store: str, against: str | None) -> None:
     """Check STORE's integrity, and every value against the source with --against."""
-    from scdask.verify import verify as _verify
+    from scdask.store.verify import verify as _verify
 
     try:
         report = _verify(store, against)
@@ -184,7 +184,7 @@ def info(store: str, as_json: bool) -> None:
     """Shape, non-zeros, dtype, layout, size on disk and obs/var columns of STORE."""
     from dask.utils import format_bytes
 
-    from scdask.verify import info as _info
+    from scdask.store.verify import info as _info
 
     try:
         d = _info(store)

@@ -22,7 +22,7 @@ def run(workdir: str = "scdask-demo", n_cells: int = 20000, workers: int = 2) ->
 
     import scdask
     from scdask.datasets import synth
-    from scdask.verify import info, verify
+    from scdask.store.verify import info, verify
 
     os.makedirs(workdir, exist_ok=True)
     src = os.path.join(workdir, "plate.h5ad")

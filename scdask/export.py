@@ -42,7 +42,7 @@ import pandas as pd
 import xarray as xr
 
 from scdask.lazy import GroupSel, ScdaskArray, _group_values
-from scdask.storage import Location, check_destination
+from scdask.store.location import Location, check_destination
 
 #: Refuse wide tables with more gene columns than this (Parquet footers and readers
 #: slow down badly with tens of thousands of columns).
@@ -100,7 +100,7 @@ def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np
     ``columns[k]`` is the gene id (long layout) or the column (wide layout, with
     ``names``) of the dataset gene ``unique[k]``.
     """
-    from scdask.convert import _release_memory
+    from scdask.parallel import release_memory
 
     pa, pq = _arrow()
     writers: dict[str, Any] = {}
@@ -135,7 +135,7 @@ def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np
     finally:
         for w in writers.values():
             w.close()
-        _release_memory()
+        release_memory()
 
 
 def export_parquet(

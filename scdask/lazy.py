@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 from scdask import kernels
 from scdask.expr import Expr, const, ufunc
 from scdask.kernels import M2, MAX, MIN, NAN, SUM, N
-from scdask.store import Store
+from scdask.store.reader import Store
 
 #: Genes per chunk of the generic (sparse.COO) view.
 GENE_CHUNK = 4096

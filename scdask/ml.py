@@ -235,7 +235,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         """Buffer ``index`` of this shard's epoch: its row groups read and transposed
         straight into shuffled CSR (stored entries 4 bytes each, CSR 8 bytes each)."""
         from scdask import kernels
-        from scdask.convert import _release_memory
+        from scdask.parallel import release_memory
 
         def run(fn: Any, tasks: list[tuple[Any, ...]]) -> list[Any]:
             if pool is None:
@@ -279,7 +279,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         run(lambda t, f: kernels.scatter_rows(*reads[t[0]], t[1], t[2], f, indices, data),
             list(zip(tasks, firsts, strict=True)))
         reads.clear()
-        _release_memory()  # the stored entries are freed: hand them back to the OS
+        release_memory()  # the stored entries are freed: hand them back to the OS
         return indptr, indices, data, cells[order]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -183,3 +183,15 @@ def _no_bar(progress: bool | None) -> bool | None:
     if progress is None:
         return None  # tqdm: only when attached to a terminal
     return not progress
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS between tasks (glibc keeps it otherwise)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scdask.store import Store
+from scdask.store.reader import Store
 
 
 def store_to_csr(store: Store, name: str = "X") -> sp.csr_matrix:

@@ -36,7 +36,7 @@ def scdask_one_gene(store):
 
 def gene_bytes(store):
     """Only the gene's stored values, row group by row group, with zarr (no statistics)."""
-    from scdask.store import Store
+    from scdask.store.reader import Store
 
     st = Store(store)
     j = st.var().index.get_loc(GENE)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numcodecs import Delta as NumcodecsDelta
 
-from scdask import codecs
+from scdask.format import codecs
 
 DTYPES = st.sampled_from(["uint8", "uint16", "int16", "int32", "int64", "uint64"])
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +18,11 @@ import pytest
 import scipy.sparse as sp
 
 import scdask
-from scdask.convert import convert_finalise, convert_init, convert_partition
+from scdask.conversion.steps import convert_finalise, convert_init, convert_partition
 from scdask.format import FORMAT_VERSION, FormatError, FormatVersionError
-from scdask.store import IncompleteStoreError, Store
+from scdask.store.reader import IncompleteStoreError, Store
+from scdask.store.verify import verify
 from scdask.testing import assert_store_matches_anndata, store_to_csr
-from scdask.verify import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -98,7 +98,7 @@ def test_threaded_process_starts_workers_from_a_forkserver():
         t.join()
 
 
-@pytest.mark.parametrize("preload", [(), ("scdask.blocks",)])
+@pytest.mark.parametrize("preload", [(), ("scdask.conversion.transpose",)])
 def test_forkserver_workers_start_with_the_preloaded_modules(preload):
     """A notebook's conversions fork their workers from a forkserver that has imported
     scdask and numba once, instead of each worker importing them."""
@@ -347,7 +347,7 @@ def test_normalised_values_are_not_narrowed(tmp_path):
 
 
 def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
-    from scdask.h5ad import _inflater, _read_checked
+    from scdask.sources.h5ad import _inflater, _read_checked
 
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "g.h5", "w") as f:
@@ -403,7 +403,7 @@ def test_corrupt_gzip_chunk_is_named(tmp_path):
 
 
 def test_scratch_reuses_its_buffers_and_grows_when_needed():
-    from scdask.scratch import Scratch
+    from scdask.sources.scratch import Scratch
 
     s = Scratch()
     a = s.empty("rows", 1000, np.uint16)

@@ -8,9 +8,9 @@ import anndata
 import pytest
 
 import scdask
-from scdask.store import Store
+from scdask.store.reader import Store
+from scdask.store.verify import verify
 from scdask.testing import assert_store_matches_anndata
-from scdask.verify import verify
 
 from .conftest import shared_params
 
@@ -64,11 +64,11 @@ def _check_open(dst, adata):
 
 @pytest.mark.parametrize("path", shared_params())
 def test_elements_decode_as_anndata_does(path):
-    """scdask.elements decodes every element it reads itself exactly as anndata does."""
+    """scdask.sources.elements decodes every element it reads itself exactly as anndata does."""
     import h5py
     from anndata.io import read_elem as anndata_read_elem
 
-    from scdask.elements import _READERS, _attr, read_elem
+    from scdask.sources.elements import _READERS, _attr, read_elem
     from scdask.testing import assert_values_equal
 
     seen = []
@@ -86,4 +86,4 @@ def test_elements_decode_as_anndata_does(path):
         f.visititems(visit)
         modern = isinstance(f["obs"], h5py.Group) and f["obs"].attrs.get("encoding-version") == "0.2.0"
     if modern:  # its columns carry encodings: obs's index at least is a string-array
-        assert seen, f"{path}: no element decoded by scdask.elements"
+        assert seen, f"{path}: no element decoded by scdask.sources.elements"

@@ -6,9 +6,8 @@ an error naming the file and element — never a store with wrong numbers.
 
 from __future__ import annotations
 
-import warnings
-
 import importlib
+import warnings
 
 import anndata
 import h5py
@@ -19,12 +18,12 @@ import scipy.sparse as sp
 
 import scdask
 from scdask.format import FormatError
-from scdask.store import IncompleteStoreError, Store
+from scdask.store.reader import IncompleteStoreError, Store
+from scdask.store.verify import verify
 from scdask.testing import assert_store_matches_anndata
-from scdask.verify import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-conv = importlib.import_module("scdask.convert")  # the module (scdask.convert is the function)
+conv = importlib.import_module("scdask.conversion.steps")  # the module (scdask.convert is the function)
 
 
 def _write(path, X) -> anndata.AnnData:
@@ -243,16 +242,16 @@ def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
     import sys
     import time
 
-    from scdask.storage import Location
+    from scdask.store.location import Location
 
     dst = tmp_path / "held.zarr"
-    code = ("import sys, time; from scdask.storage import Location\n"
+    code = ("import sys, time; from scdask.store.location import Location\n"
             "with Location(sys.argv[1]).writer_lock():\n"
             "    print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(dst)], stdout=subprocess.PIPE,
                               text=True)
     assert holder.stdout.readline().strip() == "held"
-    from scdask.storage import WriterBusyError
+    from scdask.store.location import WriterBusyError
 
     with pytest.raises(WriterBusyError, match=r"another scdask process \(pid"):
         with Location(str(dst)).writer_lock(wait=0.5):
@@ -267,7 +266,7 @@ def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
 def test_verify_against_does_not_trust_scdasks_reader(tmp_path, monkeypatch):
     """A reader bug that converts a value wrongly is caught: the reference is anndata + scipy."""
     p, m = _csc(tmp_path)
-    from scdask.h5ad import H5ADSource
+    from scdask.sources.h5ad import H5ADSource
 
     read_rows = H5ADSource.read_rows
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import scdask
-from scdask.storage import DestinationError
+from scdask.store.location import DestinationError
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,10 +19,10 @@ import pytest
 
 import scdask
 from scdask.format import FormatError
-from scdask.integrity import ChunkError
-from scdask.storage import PathOutsideError
-from scdask.store import ReplacedStoreError, Store
-from scdask.verify import verify
+from scdask.store.integrity import ChunkError
+from scdask.store.location import PathOutsideError
+from scdask.store.reader import ReplacedStoreError, Store
+from scdask.store.verify import verify
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_chunk_copied_from_another_array_is_an_error(store):
 
 
 def test_missing_or_damaged_position_table_is_an_error(store):
-    from scdask.integrity import TABLE
+    from scdask.store.integrity import TABLE
 
     (store / "X/data" / TABLE).unlink()
     raw = bytearray((store / "X/indices" / TABLE).read_bytes())
@@ -216,7 +216,7 @@ def test_stat_array_larger_than_attributes_is_refused(store):
 
 def _reseal(store, array: str) -> None:
     """Record an array's chunks as they are now in its table, as a crafter would."""
-    from scdask.integrity import TABLE, decode_table, encode_table
+    from scdask.store.integrity import TABLE, decode_table, encode_table
 
     table = decode_table("", array, (store / array / TABLE).read_bytes())
     for f in (store / array / "c").rglob("*"):
@@ -230,7 +230,7 @@ def _rewrite(store, array: str, fn) -> None:
     """Rewrite an array through zarr with valid checksums: a crafted, not a damaged, store."""
     import zarr
 
-    from scdask.codecs import implementations
+    from scdask.format.codecs import implementations
 
     with implementations():
         arr = zarr.open_array(store / array, mode="r+")
@@ -254,7 +254,7 @@ def test_crafted_colptr_past_the_data_is_refused(store):
 def test_crafted_cell_index_out_of_range_is_refused(store):
     import zarr
 
-    from scdask.codecs import implementations
+    from scdask.format.codecs import implementations
 
     with implementations():
         arr = zarr.open_array(store / "X" / "indices", mode="r+")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scdask.store import Store
+from scdask.store.reader import Store
 from scdask.testing import peak_tree_rss, write_random_h5ad
 
 BUDGET = 500 * 2**20
@@ -67,11 +67,11 @@ class Peak(threading.Thread):
 # Each script warms up first (imports, compiled kernels, a tiny run), then measures from there.
 EXPORT = SAMPLER + """
 import sys, dask, scdask
-from scdask.convert import _release_memory
+from scdask.parallel import release_memory
 dask.config.set(scheduler="sync")
 ds = scdask.open(sys.argv[1])
 scdask.export_parquet(ds.isel(cell=slice(0, 10)), sys.argv[2] + ".warm", progress=False)
-_release_memory()
+release_memory()
 base = psutil.Process().memory_info().rss
 peak = Peak()
 peak.start()
@@ -83,13 +83,13 @@ print(base, peak.peak)
 
 LOADER = SAMPLER + """
 import sys, scdask
-from scdask.convert import _release_memory
+from scdask.parallel import release_memory
 from scdask.ml import CellDataset
 proc = psutil.Process()
 for _ in CellDataset(scdask.open(sys.argv[1]).isel(cell=slice(0, 10)), batch_size=4):
     pass
 ds = CellDataset(sys.argv[1], batch_size=1024, buffer_groups=2, seed=0)
-_release_memory()
+release_memory()
 base = proc.memory_info().rss
 peak = Peak()
 peak.start()

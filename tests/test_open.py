@@ -197,7 +197,7 @@ def test_pushdown_reads_only_the_genes_chunks(tiny_store, monkeypatch):
     """A one-gene statistic reads exactly the data chunks holding that gene; no cell indices."""
     from zarr.storage import LocalStore
 
-    from scdask.store import Store
+    from scdask.store.reader import Store
 
     seen: list[str] = []
     orig = LocalStore.get
@@ -343,7 +343,7 @@ def test_bad_stores(tiny_plate, tmp_path):
         scdask.open(tmp_path / "nope.zarr")
     with pytest.raises(FileNotFoundError, match="no store matches"):
         scdask.open(str(tmp_path / "none*.zarr"))
-    from scdask.convert import convert_init
+    from scdask.conversion.steps import convert_init
 
     convert_init(tiny_plate, tmp_path / "half.zarr", row_group_size=1024)
     with pytest.raises(FormatError, match="has not finished"):

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scdask
-from scdask.store import Store
+from scdask.store.reader import Store
+from scdask.store.verify import verify
 from scdask.testing import store_to_csr
-from scdask.verify import verify
 
 
 @st.composite

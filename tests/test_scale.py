@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import scdask
-from scdask.store import IncompleteStoreError
-from scdask.verify import verify
+from scdask.store.reader import IncompleteStoreError
+from scdask.store.verify import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -70,7 +70,7 @@ def test_convert_to_and_open_from_s3(tiny_plate, ref, s3):
 
 
 def test_interrupted_conversion_on_s3_does_not_open_and_resumes(tiny_plate, ref, s3):
-    from scdask.convert import convert_init, convert_partition
+    from scdask.conversion.steps import convert_init, convert_partition
 
     _, X = ref
     url = "s3://scdask-test/half.zarr"

@@ -59,7 +59,7 @@ class OneGene(common.PlateBenchmark):
 
     def time_floor_read_gene_bytes(self, plates, n):
         """Only the gene's stored values, read with zarr: what any reader must pay."""
-        from scdask.store import Store
+        from scdask.store.reader import Store
 
         st = Store(plates[n]["store"])
         j = st.var().index.get_loc(GENE)

@@ -36,7 +36,6 @@ def plate(n: int) -> dict[str, str]:
     """Paths of the size-``n`` inputs, generated (and converted) when missing."""
     import scdask
     from scdask.datasets import synth
-
     from scdask.format import FORMAT_VERSION
 
     d = data_dir()
@@ -67,7 +66,7 @@ def unchecked():
     """Conversions write format-1 stores, without checksums: the baseline of their cost."""
     import importlib
 
-    convert = importlib.import_module("scdask.convert")  # the module: scdask.convert is the function
+    convert = importlib.import_module("scdask.conversion.steps")
     convert._CHECKSUMS = False
     try:
         yield

@@ -25,12 +25,12 @@ import zarr
 from dask.utils import format_bytes, parse_bytes
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from scdask import __version__, stats
+from scdask._version import __version__
 from scdask.format import (
     COLPTR,
     COLPTR_DTYPE,
-    FORMAT_VERSION,
     DATA,
+    FORMAT_VERSION,
     INDEX_DTYPE,
     INDICES,
     MATRIX_ENCODING,
@@ -52,10 +52,12 @@ from scdask.format import (
     parse_chunk_size,
     parse_row_group_size,
 )
-from scdask.h5ad import H5ADSource
-from scdask.integrity import write_tables
-from scdask.scratch import Scratch
-from scdask.storage import Location, check_destination
+from scdask.parallel import release_memory
+from scdask.sources.h5ad import H5ADSource
+from scdask.sources.scratch import Scratch
+from scdask.store import stats
+from scdask.store.integrity import write_tables
+from scdask.store.location import Location, check_destination
 
 DEFAULT_ROW_GROUP_SIZE = 16384
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -325,7 +327,7 @@ def convert_metadata(
 
 
 # Buffers a local worker process reuses from one partition to the next (see
-# scdask.scratch); set by _warm_worker, so in-process and cluster conversions keep nothing.
+# scdask.sources.scratch); set by _warm_worker, so in-process and cluster conversions keep nothing.
 _SCRATCH: Scratch | None = None
 
 
@@ -338,19 +340,7 @@ def _convert_task(dst: str, task: int | str, storage_options: dict[str, Any] | N
             return convert_metadata(dst, storage_options)
         return convert_partition(dst, int(task), storage_options, _SCRATCH)
     finally:
-        _release_memory()
-
-
-def _release_memory() -> None:
-    """Hand freed heap memory back to the OS between tasks (glibc keeps it otherwise)."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
+        release_memory()
 
 
 def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
@@ -386,7 +376,7 @@ def _create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
 
 
 def _write_metadata(src: H5ADSource, loc: Location, root: zarr.Group, plan: Plan) -> list[str]:
-    from scdask.metadata import write_table, write_uns
+    from scdask.store.metadata import write_table, write_uns
 
     R = plan.row_group_size
     write_table(loc, OBS_FILE, src.frame("obs"), R)
@@ -425,8 +415,8 @@ def convert_partition(
         raise IndexError(f"{loc}: partition {partition} is outside 0..{plan.n_groups - 1}")
     _check_source(plan)
     src = H5ADSource(plan.source)
-    from scdask.blocks import to_group  # compiled kernels: imported where they run
-    from scdask.codecs import implementations
+    from scdask.conversion.transpose import to_group  # compiled kernels: imported where they run
+    from scdask.format.codecs import implementations
 
     config = {**_WRITE_CONFIG, "async.concurrency": _WRITE_CONCURRENCY[loc.is_local]}
     with zarr.config.set(config), implementations():
@@ -459,7 +449,7 @@ def _convert_rows(root: zarr.Group, plan: Plan, src: H5ADSource, partition: int,
             # Blosc's output buffers, shrunk after compressing, leave the encoding thread's
             # heap fragmented: handed back between the two large writes, a worker's first
             # partition peaks 40 MB lower.
-            _release_memory()
+            release_memory()
             mg[INDICES][partition, : g.nnz] = g.indices
         root[f"{WIP_DIR}/{m.name}"][COLPTR][partition, :] = g.colptr
         cells = stats.finish_stats(*c.cells, m.n_vars)
@@ -654,7 +644,8 @@ def _local_workers(source: str | os.PathLike[str], row_group_size: int, chunk_si
 
 
 # What a worker imports; a forkserver imports them once for all its workers.
-_WORKER_MODULES = ("scdask.convert", "scdask.blocks", "scdask.codecs", "scdask.h5ad")
+_WORKER_MODULES = ("scdask.conversion.steps", "scdask.conversion.transpose", "scdask.format.codecs",
+                   "scdask.sources.h5ad")
 
 
 def _warm_worker() -> None:
@@ -668,10 +659,10 @@ def _warm_worker() -> None:
     try:
         import numpy as np
 
-        import scdask.codecs  # noqa: F401
-        import scdask.h5ad  # noqa: F401
-        from scdask.blocks import to_group
-        from scdask.sources import CSRBlock
+        import scdask.format.codecs  # noqa: F401
+        import scdask.sources.h5ad  # noqa: F401
+        from scdask.conversion.transpose import to_group
+        from scdask.format.blocks import CSRBlock
 
         one = np.array([1], np.uint16)
         to_group(CSRBlock(np.array([0, 1]), one - 1, one, 1), np.uint16)

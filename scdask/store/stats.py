@@ -2,7 +2,7 @@
 
 Plain numpy, so the processes that only combine statistics (the conversion's
 driver, the finaliser) need no compiler. The kernels that fill the accumulators
-are in :mod:`scdask.blocks`.
+from a stored row group are in :mod:`scdask.store.kernels`.
 """
 
 from __future__ import annotations
@@ -42,3 +42,5 @@ def finish_stats(nnz: np.ndarray, f: np.ndarray, n_total: int) -> dict[str, np.n
         mx = np.full_like(mx, np.nan)
     out = dict(zip(STATS, (nnz, f[:, 0], f[:, 1], mn, mx), strict=True))
     return out
+
+

@@ -84,7 +84,7 @@ class Location:
         """
         store = self.zarr_store(read_only=mode == "r")
         if crcs is not None:
-            from scdask.integrity import RecordingStore
+            from scdask.store.integrity import RecordingStore
 
             store = RecordingStore(store, crcs)
         return zarr.open_group(store, mode=mode, zarr_format=3)
@@ -100,7 +100,7 @@ class Location:
         optional
             Arrays whose chunks may be missing (read as fill values).
         """
-        from scdask.integrity import CheckedStore
+        from scdask.store.integrity import CheckedStore
 
         store = CheckedStore(self.zarr_store(read_only=True), self.url, checksums, optional,
                              self.root if self.is_local else None)

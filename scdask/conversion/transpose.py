@@ -14,24 +14,10 @@ import numba
 import numpy as np
 
 from scdask.format import FormatError, LossyDtypeError
-from scdask.scratch import Scratch, empty
-from scdask.sources import CSRBlock
-from scdask.stats import empty_stats
-
-
-@dataclasses.dataclass
-class GroupBlock:
-    """One row group in the stored layout: gene-major, cell indices local to the group."""
-
-    colptr: np.ndarray  # int64, n_vars + 1, starts at 0
-    indices: np.ndarray  # uint16 local cell index, sorted within each gene
-    data: np.ndarray  # values, source dtype
-    n_rows: int
-
-    @property
-    def nnz(self) -> int:
-        return int(self.colptr[-1])
-
+from scdask.format.blocks import CSRBlock, GroupBlock
+from scdask.sources.scratch import Scratch, empty
+from scdask.store.kernels import gene_stats
+from scdask.store.stats import empty_stats
 
 # Genes per pass of the scatter (see _scatter); 16,384 was fastest on a 2 MB-L2 machine.
 _GENE_BLOCK = 16384
@@ -81,27 +67,6 @@ def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f)
         cell_f[r, 2] = np.nan if nan else mn
         cell_f[r, 3] = np.nan if nan else mx
     return -1, unsorted, fits
-
-
-@numba.njit(cache=True, nogil=True)
-def cast_checked(src, dst, low, high):  # pragma: no cover - compiled
-    """``dst[:] = src``, checking each value lies in ``[low, high)`` and survives the cast;
-    returns the first entry that does not (or -1). One vectorised pass instead of numpy's
-    four (cast, compare, reduce, copy) when slabs are narrowed as they are read."""
-    ok = True
-    for i in range(src.shape[0]):
-        v = src[i]
-        inside = (v >= low) & (v < high)
-        d = dst.dtype.type(v if inside else low)
-        dst[i] = d
-        ok &= inside & (d == v)
-    if ok:
-        return -1
-    for i in range(src.shape[0]):  # rare: find where
-        v = src[i]
-        if not (v >= low and v < high) or dst[i] != v:
-            return i
-    return -1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -229,70 +194,3 @@ def csr_to_group(block: CSRBlock) -> GroupBlock:
     return to_group(block).group
 
 
-@numba.njit(cache=True, inline="always")
-def _min(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's minimum
-    if a != a or b != b:
-        return np.nan
-    return a if a < b else b
-
-
-@numba.njit(cache=True, inline="always")
-def _max(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's maximum
-    if a != a or b != b:
-        return np.nan
-    return a if a > b else b
-
-
-@numba.njit(cache=True, nogil=True)
-def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
-    # out_f columns: sum, sumsq, min, max of stored values; min/max start at +-inf
-    for s in range(ptr.shape[0] - 1):
-        acc = 0.0
-        acc2 = 0.0
-        mn = np.inf
-        mx = -np.inf
-        nan = False
-        cnt = 0
-        for k in range(ptr[s], ptr[s + 1]):
-            v = np.float64(values[k])
-            if v == 0:
-                continue
-            cnt += 1
-            acc += v
-            acc2 += v * v
-            nan |= v != v
-            mn = min(mn, v)
-            mx = max(mx, v)
-        out_nnz[s] += cnt
-        out_f[s, 0] += acc
-        out_f[s, 1] += acc2
-        out_f[s, 2] = _min(out_f[s, 2], np.nan if nan else mn)
-        out_f[s, 3] = _max(out_f[s, 3], np.nan if nan else mx)
-
-
-@numba.njit(cache=True, nogil=True)
-def _index_stats(index, values, out_nnz, out_f):  # pragma: no cover - compiled
-    for k in range(index.shape[0]):
-        i = index[k]
-        v = np.float64(values[k])
-        if v == 0:
-            continue
-        out_nnz[i] += 1
-        out_f[i, 0] += v
-        out_f[i, 1] += v * v
-        out_f[i, 2] = _min(out_f[i, 2], v)
-        out_f[i, 3] = _max(out_f[i, 3], v)
-
-
-def gene_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene statistics of the stored values of one group (zeros not folded in)."""
-    nnz, f = empty_stats(len(g.colptr) - 1)
-    _segment_stats(g.colptr, g.data, nnz, f)
-    return nnz, f
-
-
-def cell_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell statistics of the stored values of one group (zeros not folded in)."""
-    nnz, f = empty_stats(g.n_rows)
-    _index_stats(g.indices, g.data, nnz, f)
-    return nnz, f

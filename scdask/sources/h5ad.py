@@ -9,7 +9,6 @@ on, decodes exactly as ``anndata.read_h5ad`` decodes it.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from scdask.format import INDEX_COLUMN, FormatError, LossyDtypeError
-from scdask.scratch import Scratch, empty
-from scdask.sources import CSRBlock, MatrixInfo
+from scdask.format import FormatError, LossyDtypeError
+from scdask.format.blocks import CSRBlock
+from scdask.format.tables import ArrowFrameBuilder, dataframe_to_arrow
+from scdask.sources import MatrixInfo
+from scdask.sources.scratch import Scratch, empty
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported only where frames are read
-    import pandas as pd
     import pyarrow as pa
 
 # Rows of a dense matrix, or entries of a CSC matrix, read per HDF5 call.
@@ -240,7 +240,7 @@ class H5ADSource:
             return dataframe_to_arrow(df)
         import pandas as pd
 
-        from scdask.elements import read_elem
+        from scdask.sources.elements import read_elem
 
         elem = self.file[name]
         if isinstance(elem, h5py.Dataset):
@@ -254,7 +254,7 @@ class H5ADSource:
                 return dataframe_to_arrow(read_elem(elem))
             index = pd.Index(read_elem(elem[index_key]))
             index.name = None if index_key == "_index" else index_key
-            builder = _ArrowFrameBuilder(index)
+            builder = ArrowFrameBuilder(index)
             for col in columns:
                 builder.add(col, read_elem(elem[col]))
         return builder.finish()
@@ -289,7 +289,7 @@ class H5ADSource:
         group = self.file.get("uns")
         if group is None:
             return {}
-        from scdask.elements import read_elem
+        from scdask.sources.elements import read_elem
 
         out = {}
         for key in group:
@@ -379,7 +379,7 @@ def _cast(values: np.ndarray, dtype: Any, bounds: tuple[int, int] | None
 
 
 def _cast_into(values: np.ndarray, out: np.ndarray, bounds: tuple[int, int]) -> int:
-    from scdask.blocks import cast_checked  # compiled: imported where slabs are read
+    from scdask.sources.kernels import cast_checked  # compiled: imported where slabs are read
 
     if not values.dtype.isnative:
         values = values.astype(values.dtype.newbyteorder("="))
@@ -512,59 +512,3 @@ def _read_csc_rows(elem: h5py.Group, start: int, stop: int, n_cols: int, n_rows_
     return CSRBlock(indptr_out, cols[order], vals[order], n_cols)
 
 
-class _ArrowFrameBuilder:
-    """Assemble an Arrow table one pandas column at a time, keeping pandas dtypes."""
-
-    def __init__(self, index: pd.Index) -> None:
-        import numpy as np
-        import pandas as pd
-
-        self.arrays: list[pa.Array] = []
-        self.names: list[str] = []
-        self.pandas_columns: list[dict[str, Any]] = []
-        self.categoricals: dict[str, dict[str, Any]] = {}
-        self.index_name = index.name
-        self.add(INDEX_COLUMN, pd.Series(np.asarray(index, dtype=object)))
-
-    def add(self, name: str, values: Any) -> None:
-        import pandas as pd
-        import pyarrow as pa
-
-        dtype = getattr(values, "dtype", None)
-        if isinstance(dtype, pd.CategoricalDtype):
-            # Parquet keeps only string dictionaries; record the categories exactly.
-            cats = dtype.categories
-            self.categoricals[name] = {
-                "categories": cats.tolist(),
-                "dtype": cats.dtype.str if cats.dtype != object else "object",
-                "ordered": bool(dtype.ordered),
-            }
-        table = pa.Table.from_pandas(pd.DataFrame({name: values}), preserve_index=False)
-        self.arrays.append(table.column(0).combine_chunks())
-        self.names.append(name)
-        meta = json.loads(table.schema.metadata[b"pandas"])
-        self.pandas_columns.append(meta["columns"][0])
-        self._pandas_meta = meta
-
-    def finish(self) -> pa.Table:
-        import pyarrow as pa
-
-        meta = dict(self._pandas_meta)
-        meta["columns"] = self.pandas_columns
-        meta["index_columns"] = []
-        meta["column_indexes"] = []
-        schema_meta = {
-            b"pandas": json.dumps(meta).encode(),
-            b"scdask_categoricals": json.dumps(self.categoricals).encode(),
-        }
-        if self.index_name is not None:
-            schema_meta[b"scdask_index_name"] = str(self.index_name).encode()
-        return pa.table(self.arrays, names=self.names).replace_schema_metadata(schema_meta)
-
-
-def dataframe_to_arrow(df: pd.DataFrame) -> pa.Table:
-    """A pandas frame as an Arrow table with its index in column ``_index``."""
-    builder = _ArrowFrameBuilder(df.index)
-    for col in df.columns:
-        builder.add(str(col), df[col].values)
-    return builder.finish()

@@ -1,7 +1,8 @@
 """The :class:`Source` protocol: what the converter needs from an input file.
 
 A source knows the shape of each matrix, yields rows of a matrix as a
-:class:`CSRBlock`, and hands over the metadata frames. :mod:`scdask.h5ad`
+:class:`~scdask.format.blocks.CSRBlock`, and hands over the metadata frames.
+:mod:`scdask.sources.h5ad`
 implements it for H5AD; a Loom or 10x reader would add one module and reuse the
 whole writer.
 """
@@ -14,32 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
-    from scdask.scratch import Scratch
-
-
-@dataclasses.dataclass
-class CSRBlock:
-    """Rows ``[start, start + n_rows)`` of a matrix as CSR arrays.
-
-    ``indptr`` starts at 0. Column indices may be unsorted, and stored zeros and
-    duplicates may be present: the converter canonicalises.
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray
-    n_cols: int
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.indptr) - 1
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
+    from scdask.format.blocks import CSRBlock
+    from scdask.sources.scratch import Scratch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,28 +66,3 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def frame_to_dataframe(table: pa.Table) -> pd.DataFrame:
-    """Arrow table written by scdask back to pandas, index restored."""
-    import json
-
-    import pandas as pd
-
-    from scdask.format import INDEX_COLUMN
-
-    df = table.to_pandas()
-    meta = table.schema.metadata or {}
-    for col, c in json.loads(meta.get(b"scdask_categoricals", b"{}")).items():
-        if col in df.columns:
-            cats = pd.Index(c["categories"], dtype=None if c["dtype"] == "object" else c["dtype"])
-            if not len(cats):
-                cats = pd.Index([], dtype=object)
-            values = df[col]
-            if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.dtype == cats.dtype:
-                df[col] = values.cat.set_categories(cats, ordered=c["ordered"])
-            else:
-                df[col] = pd.Categorical(values, categories=cats, ordered=c["ordered"])
-    index = df.pop(INDEX_COLUMN)
-    df.index = index.astype(object) if index.dtype != object else index
-    name = (table.schema.metadata or {}).get(b"scdask_index_name")
-    df.index.name = name.decode() if name else None
-    return df

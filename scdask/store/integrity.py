@@ -16,12 +16,11 @@ CRC differs is refused too.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import io
-import warnings
 
 import google_crc32c
 import numpy as np
@@ -30,7 +29,6 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from scdask.format import FormatError
-
 
 #: Beside each array's ``zarr.json``: the CRC-32C of each chunk by position, as a
 #: ``.npy`` uint32 array shaped like the chunk grid (0 where no chunk was written),
@@ -89,7 +87,7 @@ def check_position(url: str, array: str, coords: str, table: np.ndarray,
                    raw: bytes | memoryview | np.ndarray) -> None:
     """Raise :class:`ChunkError` unless chunk ``coords`` of ``array`` is the one written there."""
     idx = tuple(int(c) for c in coords.split("/"))
-    if len(idx) != table.ndim or any(i >= n for i, n in zip(idx, table.shape)):
+    if len(idx) != table.ndim or any(i >= n for i, n in zip(idx, table.shape, strict=False)):
         raise ChunkError(f"{url}: {array}: chunk {coords} lies outside the array's chunk grid")
     if int(table[idx]) != _crc(raw):
         raise ChunkError(f"{url}: {array}: chunk {coords} is not the chunk written at this "

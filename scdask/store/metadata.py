@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scdask.format import FORMAT_VERSION, INDEX_COLUMN, FormatError
-from scdask.sources import frame_to_dataframe
+from scdask.format.tables import frame_to_dataframe
 
 if TYPE_CHECKING:
-    from scdask.storage import Location
+    from scdask.store.location import Location
 
 
 def write_table(loc: Location, relpath: str, table: pa.Table, row_group_size: int) -> None:

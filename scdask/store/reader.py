@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from scdask.blocks import GroupBlock
 from scdask.format import (
     COLPTR,
     DATA,
@@ -30,8 +29,9 @@ from scdask.format import (
     FormatError,
     check_version,
 )
-from scdask.metadata import read_frame, read_uns
-from scdask.storage import Location
+from scdask.format.blocks import GroupBlock
+from scdask.store.location import Location
+from scdask.store.metadata import read_frame, read_uns
 
 
 class IncompleteStoreError(FormatError):
@@ -161,7 +161,7 @@ class Store:
     @functools.cache  # noqa: B019 - a Store lives as long as its arrays
     def array(self, path: str) -> zarr.Array:
         """A Zarr array of the store, e.g. ``X/data``."""
-        from scdask.codecs import implementations
+        from scdask.format.codecs import implementations
 
         try:
             with implementations():

@@ -1,7 +1,7 @@
 """The scdask store format: version, names, and the conversion :class:`Plan`.
 
 Everything that decides what a store looks like on disk lives here, so that the
-writer (:mod:`scdask.convert`) and the reader (:mod:`scdask.store`) agree by
+writer (:mod:`scdask.conversion`) and the reader (:mod:`scdask.store`) agree by
 construction. ``docs/FORMAT.md`` is the prose specification of the same names.
 """
 
@@ -167,7 +167,7 @@ class MatrixPlan:
 class Plan:
     """Everything a conversion needs to know, saved in the store before any data.
 
-    A plan is written by :func:`scdask.convert.convert_init` and read back by every
+    A plan is written by :func:`scdask.conversion.convert_init` and read back by every
     partition and by the finaliser, so the three steps can run in different
     processes or on different machines.
     """

@@ -1,0 +1,78 @@
+"""Compiled statistics of a stored row group: per gene and per cell, NaN as numpy has it."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from scdask.format.blocks import GroupBlock
+from scdask.store.stats import empty_stats
+
+
+@numba.njit(cache=True, inline="always")
+def _min(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's minimum
+    if a != a or b != b:
+        return np.nan
+    return a if a < b else b
+
+
+@numba.njit(cache=True, inline="always")
+def _max(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's maximum
+    if a != a or b != b:
+        return np.nan
+    return a if a > b else b
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
+    # out_f columns: sum, sumsq, min, max of stored values; min/max start at +-inf
+    for s in range(ptr.shape[0] - 1):
+        acc = 0.0
+        acc2 = 0.0
+        mn = np.inf
+        mx = -np.inf
+        nan = False
+        cnt = 0
+        for k in range(ptr[s], ptr[s + 1]):
+            v = np.float64(values[k])
+            if v == 0:
+                continue
+            cnt += 1
+            acc += v
+            acc2 += v * v
+            nan |= v != v
+            mn = min(mn, v)
+            mx = max(mx, v)
+        out_nnz[s] += cnt
+        out_f[s, 0] += acc
+        out_f[s, 1] += acc2
+        out_f[s, 2] = _min(out_f[s, 2], np.nan if nan else mn)
+        out_f[s, 3] = _max(out_f[s, 3], np.nan if nan else mx)
+
+
+@numba.njit(cache=True, nogil=True)
+def _index_stats(index, values, out_nnz, out_f):  # pragma: no cover - compiled
+    for k in range(index.shape[0]):
+        i = index[k]
+        v = np.float64(values[k])
+        if v == 0:
+            continue
+        out_nnz[i] += 1
+        out_f[i, 0] += v
+        out_f[i, 1] += v * v
+        out_f[i, 2] = _min(out_f[i, 2], v)
+        out_f[i, 3] = _max(out_f[i, 3], v)
+
+
+def gene_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene statistics of the stored values of one group (zeros not folded in)."""
+    nnz, f = empty_stats(len(g.colptr) - 1)
+    _segment_stats(g.colptr, g.data, nnz, f)
+    return nnz, f
+
+
+def cell_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell statistics of the stored values of one group (zeros not folded in)."""
+    nnz, f = empty_stats(g.n_rows)
+    _index_stats(g.indices, g.data, nnz, f)
+    return nnz, f
