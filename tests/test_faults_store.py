@@ -102,7 +102,7 @@ def test_damaged_chunk_is_an_error_naming_it(store, array, how):
 def test_chunk_copied_from_another_array_is_an_error(store):
     shutil.copy(store / "X/gene_sum/c/0", store / "X/gene_max/c/0")
     with pytest.raises(ChunkError, match="X/gene_max: chunk 0 is not the chunk written"):
-        scdask.open(store)["gene_max"].values
+        _ = scdask.open(store)["gene_max"].values
     assert any("X/gene_max: chunk 0" in p for p in verify(str(store)).problems)
 
 
@@ -114,7 +114,7 @@ def test_missing_or_damaged_position_table_is_an_error(store):
     raw[-10] ^= 1
     (store / "X/indices" / TABLE).write_bytes(bytes(raw))
     with pytest.raises(ChunkError, match=rf"X/(data|indices): {TABLE} (\(the CRCs.*\) )?is (missing|damaged)"):
-        scdask.open(store).X.sum("gene").values
+        _ = scdask.open(store).X.sum("gene").values
     problems = verify(str(store)).problems
     assert any(f"X/data: {TABLE} (the CRCs of its chunks by position) is missing" in p
                for p in problems), problems
@@ -141,7 +141,7 @@ def test_damaged_parquet_page_is_an_error(store, name):
     path.write_bytes(bytes(raw))
     with pytest.raises((FormatError, OSError)) as e:
         ds = scdask.open(store)
-        for k, c in ds.coords.items():
+        for c in ds.coords.values():
             np.asarray(c.values)
     assert name in str(e.value) or "parquet" in str(e.value).lower()
     assert not verify(str(store)).ok
@@ -193,7 +193,7 @@ def test_symlinked_chunk_leaving_the_store_is_refused(store, tmp_path):
     shutil.move(chunk, outside)
     os.symlink(outside, chunk)
     with pytest.raises(ChunkError, match="outside the store"):
-        scdask.open(store).X.sum("gene").values
+        _ = scdask.open(store).X.sum("gene").values
 
 
 def test_attributes_disagreeing_with_arrays_are_refused_before_allocating(store):
@@ -247,7 +247,7 @@ def test_crafted_colptr_past_the_data_is_refused(store):
 
     _rewrite(store, "X/colptr", bad)
     with pytest.raises(FormatError, match="colptr"):
-        scdask.open(store).X.mean("cell").values
+        _ = scdask.open(store).X.mean("cell").values
     assert not verify(str(store)).ok
 
 
@@ -263,7 +263,7 @@ def test_crafted_cell_index_out_of_range_is_refused(store):
         arr[0, :4096] = row
     _reseal(store, "X/indices")
     with pytest.raises(FormatError, match="cell index"):
-        scdask.open(store).X.sum("gene").values
+        _ = scdask.open(store).X.sum("gene").values
     assert not verify(str(store)).ok
 
 
@@ -275,7 +275,7 @@ def test_replaced_store_is_noticed(store, tiny_plate, tmp_path):
         scdask.convert(tiny_plate, store, row_group_size=1024, chunk_size=4096, workers=0,
                        overwrite=True)
     with pytest.raises(ReplacedStoreError, match="replaced"):
-        ds.X.mean("cell").values
+        _ = ds.X.mean("cell").values
     np.testing.assert_array_equal(scdask.open(store).X.mean("cell").values, before)
 
 
