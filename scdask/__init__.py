@@ -9,11 +9,11 @@ from scdask.conversion import convert
 
 # Imported when first used, so conversion workers do not load xarray, pandas and sparse.
 _LAZY = {
-    "cluster": "scdask.cluster",
-    "export_parquet": "scdask.export",
+    "cluster": "scdask.clusters",
+    "export_parquet": "scdask.interop.parquet",
     "open": "scdask.backend",
-    "pseudobulk": "scdask.aggregate",
-    "to_anndata": "scdask.materialize",
+    "pseudobulk": "scdask.compute.groupby",
+    "to_anndata": "scdask.interop.anndata",
 }
 
 __all__ = ["__version__", "convert", *_LAZY]

@@ -1,7 +1,7 @@
 """``scdask.open``: one or many stores as a lazy xarray Dataset, and the xarray backend.
 
 The Dataset has dimensions ``cell`` and ``gene`` (and ``raw_gene`` when raw is
-present). ``X``, each layer and ``raw`` are :class:`~scdask.lazy.ScdaskArray`
+present). ``X``, each layer and ``raw`` are :class:`~scdask.compute.ScdaskArray`
 Dask arrays. ``gene`` is indexed by the gene names; var columns and the per-gene
 statistics stored at conversion are coordinates along ``gene`` (small, read at
 open). obs columns, the cell names (``obs_names``) and the per-cell statistics
@@ -26,8 +26,8 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core.indexes import PandasIndex
 from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
 
+from scdask.compute import Base, Part, ScdaskArray
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
-from scdask.lazy import Base, Part, ScdaskArray
 from scdask.store.reader import Store
 
 

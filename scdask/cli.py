@@ -206,9 +206,6 @@ def info(store: str, as_json: bool) -> None:
         click.echo(f"  obsm: {', '.join(d['obsm']) or '-'}; varm: {', '.join(d['varm']) or '-'}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
 
 @main.command("export-parquet")
 @click.argument("store")
@@ -250,3 +247,6 @@ def export_parquet(store: str, out_dir: str, layout: str, genes: tuple[str, ...]
         _fail(e)
     click.echo(out_dir)
 
+
+if __name__ == "__main__":  # pragma: no cover - every command is defined above
+    main()

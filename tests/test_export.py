@@ -101,7 +101,7 @@ def test_bad_destinations_and_no_half_written_dataset(tiny_store, tmp_path, monk
     scdask.export_parquet(tiny_store, out)
     with pytest.raises(FileExistsError, match="overwrite"):
         scdask.export_parquet(tiny_store, out)
-    import scdask.export as export
+    import scdask.interop.parquet as export
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

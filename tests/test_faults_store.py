@@ -305,7 +305,7 @@ def test_obs_columns_read_from_many_threads(store):
 
 
 def test_partition_values_stay_inside_the_export(store, tmp_path):
-    from scdask.export import export_parquet
+    from scdask.interop.parquet import export_parquet
 
     ds = scdask.open(store)
     col = next(k for k, c in ds.coords.items() if c.dims == ("cell",) and ds[k].dtype == object)

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 import xarray as xr
 
 import scdask
+from scdask.compute import ScdaskArray
 from scdask.format import FormatError
-from scdask.lazy import ScdaskArray
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 

@@ -22,15 +22,18 @@ does not grow with the store.
 Arrow memory pool: the writing tasks use Arrow's *system* pool (malloc), not the
 default jemalloc/mimalloc pool, which keeps freed memory and, across thousands of
 tables, grows a worker far past the data it holds (apache/arrow#47266); freed memory
-is handed back to the OS after each task. Readers of the export who see the same
+is handed back to the OS after each task. The process's default pool is switched
+only while export tasks run in it and restored after the last one. Readers of the export who see the same
 growth can set ``ARROW_DEFAULT_MEMORY_POOL=system``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -39,9 +42,8 @@ from urllib.parse import quote
 import dask
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from scdask.lazy import GroupSel, ScdaskArray, _group_values
+from scdask.compute import GroupSel, Matrix, as_matrix, read_gene_runs
 from scdask.store.location import Location, check_destination
 
 #: Refuse wide tables with more gene columns than this (Parquet footers and readers
@@ -56,12 +58,33 @@ OBS_SLICE = 1 << 16
 SLICE_ENTRIES = 1 << 22
 
 
-def _arrow() -> tuple[Any, Any]:
+_POOL_LOCK = threading.Lock()
+_POOL_STATE: dict[str, Any] = {"users": 0, "previous": None}
+
+
+@contextlib.contextmanager
+def _arrow() -> Iterator[tuple[Any, Any]]:
+    """pyarrow and pyarrow.parquet, with Arrow's system pool the default meanwhile.
+
+    Counted across threads: the pool the process had is restored when the last
+    export task running in it finishes.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pa.set_memory_pool(pa.system_memory_pool())
-    return pa, pq
+    with _POOL_LOCK:
+        if _POOL_STATE["users"] == 0:
+            _POOL_STATE["previous"] = pa.default_memory_pool()
+            pa.set_memory_pool(pa.system_memory_pool())
+        _POOL_STATE["users"] += 1
+    try:
+        yield pa, pq
+    finally:
+        with _POOL_LOCK:
+            _POOL_STATE["users"] -= 1
+            if _POOL_STATE["users"] == 0:
+                pa.set_memory_pool(_POOL_STATE["previous"])
+                _POOL_STATE["previous"] = None
 
 
 def _slices(sel: GroupSel, unique: np.ndarray | None, expr: Any, dtype: np.dtype
@@ -69,7 +92,7 @@ def _slices(sel: GroupSel, unique: np.ndarray | None, expr: Any, dtype: np.dtype
     """(cell position in the selection, gene index into ``unique``, value), gene-major,
     in slices of about :data:`SLICE_ENTRIES` entries (whole genes), so that the wide
     int64/int32 columns exist for one slice at a time."""
-    starts, ends, vals, rows = _group_values(sel.part, sel.group, unique, expr, True)
+    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, expr, True)
     lengths = ends - starts
     pos = None
     if sel.local is not None:
@@ -102,40 +125,40 @@ def _write_part(path: str, sel: GroupSel, unique: np.ndarray | None, columns: np
     """
     from scdask.parallel import release_memory
 
-    pa, pq = _arrow()
-    writers: dict[str, Any] = {}
-    rows = 0
-    try:
-        if names is not None:  # wide: one dense block of the group's cells × the genes
-            block = np.zeros((sel.count, len(names)), dtype=dtype)
-            for cell, gene, value in _slices(sel, unique, expr, dtype):
-                block[cell - sel.first, columns[gene]] = value
-            cells = np.arange(sel.first, sel.first + sel.count, dtype=np.int64)
-            tables = [pa.table({"cell_id": cells,
-                                **{n: block[:, j] for j, n in enumerate(names)}})]
-        else:
-            tables = (pa.table({"cell_id": cell, "gene_id": columns[gene].astype(np.int32),
-                                "value": value})
-                      for cell, gene, value in _slices(sel, unique, expr, dtype))
-        for table in tables:
-            pieces = [("", table)]
-            if labels is not None:  # hive partitions by an obs column
-                lab = labels[table.column("cell_id").to_numpy()]
-                pieces = [(str(v), table.filter(pa.array(lab == v))) for v in np.unique(lab)]
-            for sub, t in pieces:
-                if sub not in writers:
-                    d = os.path.join(path, sub) if sub else path
-                    os.makedirs(d, exist_ok=True)
-                    writers[sub] = pq.ParquetWriter(
-                        os.path.join(d, f"part-{part:05d}.parquet"), t.schema,
-                        compression="zstd", write_page_checksum=True)
-                writers[sub].write_table(t, row_group_size=1 << 20)
-            rows += table.num_rows
-        return rows
-    finally:
-        for w in writers.values():
-            w.close()
-        release_memory()
+    with _arrow() as (pa, pq):
+        writers: dict[str, Any] = {}
+        rows = 0
+        try:
+            if names is not None:  # wide: one dense block of the group's cells × the genes
+                block = np.zeros((sel.count, len(names)), dtype=dtype)
+                for cell, gene, value in _slices(sel, unique, expr, dtype):
+                    block[cell - sel.first, columns[gene]] = value
+                cells = np.arange(sel.first, sel.first + sel.count, dtype=np.int64)
+                tables = [pa.table({"cell_id": cells,
+                                    **{n: block[:, j] for j, n in enumerate(names)}})]
+            else:
+                tables = (pa.table({"cell_id": cell, "gene_id": columns[gene].astype(np.int32),
+                                    "value": value})
+                          for cell, gene, value in _slices(sel, unique, expr, dtype))
+            for table in tables:
+                pieces = [("", table)]
+                if labels is not None:  # hive partitions by an obs column
+                    lab = labels[table.column("cell_id").to_numpy()]
+                    pieces = [(str(v), table.filter(pa.array(lab == v))) for v in np.unique(lab)]
+                for sub, t in pieces:
+                    if sub not in writers:
+                        d = os.path.join(path, sub) if sub else path
+                        os.makedirs(d, exist_ok=True)
+                        writers[sub] = pq.ParquetWriter(
+                            os.path.join(d, f"part-{part:05d}.parquet"), t.schema,
+                            compression="zstd", write_page_checksum=True)
+                    writers[sub].write_table(t, row_group_size=1 << 20)
+                rows += table.num_rows
+            return rows
+        finally:
+            for w in writers.values():
+                w.close()
+            release_memory()
 
 
 def export_parquet(
@@ -185,14 +208,10 @@ def export_parquet(
 
     ds = open_dataset(data, storage_options=storage_options) if isinstance(
         data, str | os.PathLike) else data
-    x = ds[var] if isinstance(ds, xr.Dataset) else ds
-    arr = x.data
-    if not isinstance(arr, ScdaskArray) or arr.ndim != 2 or x.dims[0] != "cell":
-        raise TypeError("export_parquet needs a cell × gene matrix opened with scdask.open")
+    m = as_matrix(ds, var, caller="export_parquet")
     if layout not in ("long", "wide"):
         raise ValueError(f"layout must be 'long' or 'wide', not {layout!r}")
-    b = arr._base
-    gene_dim = x.dims[1]
+    b = m.base
     if layout == "wide" and b.n_sel_genes > max_wide_columns:
         raise ValueError(
             f"a wide table of {b.n_sel_genes:,} gene columns is refused (limit "
@@ -200,7 +219,7 @@ def export_parquet(
             "thousands of columns. Select a gene list (ds.sel(gene=[...])) or use the long "
             "layout, which has any number of genes in three columns."
         )
-    if arr._expr.fill(b.dtype) != 0:
+    if m.fill != 0:
         raise ValueError("the selection maps zeros to non-zeros: it is dense, export it as such")
     out_dir = os.fspath(out_dir)
     stores = list({p.store.url: p.store.loc for p in b.parts}.values())
@@ -218,7 +237,7 @@ def export_parquet(
         raise PermissionError(f"{out_dir}: cannot write in {parent}")
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        _export(x, arr, b, gene_dim, tmp, layout, partition_by, progress)
+        _export(m, tmp, layout, partition_by, progress)
         if os.path.lexists(out_dir):  # checked above: an export, or an empty folder
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -228,11 +247,13 @@ def export_parquet(
     return out_dir
 
 
-def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, layout: str,
-            partition_by: str | None, progress: bool | None) -> None:
-    pa, pq = _arrow()
+def _export(m: Matrix, tmp: str, layout: str, partition_by: str | None,
+            progress: bool | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, b, gene_dim, genes = m.data, m.base, m.gene_dim, m.genes
     os.makedirs(os.path.join(tmp, "X"))
-    genes = np.arange(b.n_genes) if b.genes is None else b.genes
     unique, inverse = np.unique(genes, return_inverse=True)
     gene_ids = genes.astype(np.int32)  # ids: positions in the dataset's genes
     # obs and var tables, categoricals dictionary-encoded; obs in slices of cells, so
@@ -279,7 +300,7 @@ def _export(x: xr.DataArray, arr: ScdaskArray, b: Any, gene_dim: str, tmp: str, 
     tasks = [
         dask.delayed(_write_part, pure=False)(
             os.path.join(tmp, "X"), sel, None if b.genes is None else unique, columns,
-            arr._expr, arr.dtype, names, labels, i,
+            m.expr, m.dtype, names, labels, i,
             dask_key_name=f"export-parquet-{os.path.basename(tmp)}-{i}")
         for i, sel in enumerate(b.groups)
     ]

@@ -4,7 +4,7 @@
 gene, the sum, mean, count of non-zeros and variance — lazily, as Dask arrays
 chunked by blocks of genes. Each task reads one row group's values of one
 block of genes (a contiguous byte range) and reduces them per group label in a
-compiled kernel (:func:`scdask.kernels.label_sums`); the blocks of one gene
+compiled kernel (:func:`scdask.compute.kernels.label_sums`); the blocks of one gene
 range are merged in a tree of dense ``(groups, genes)`` accumulators of bounded
 size. The cell × gene matrix is never densified.
 """
@@ -21,8 +21,10 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from scdask import kernels
-from scdask.lazy import GroupSel, ScdaskArray, _group_values
+from scdask.compute import kernels
+from scdask.compute.matrix import as_matrix
+from scdask.compute.reading import read_gene_runs
+from scdask.compute.selection import GroupSel
 
 #: Bytes of one dense (groups × genes) accumulator of one statistic.
 BLOCK_BYTES = 16 << 20
@@ -32,7 +34,7 @@ STATISTICS = ("sum", "mean", "count_nonzero", "var")
 def _label_partial(sel: GroupSel, genes: np.ndarray, expr: Any, labels: np.ndarray,
                    n_labels: int) -> tuple[np.ndarray, ...]:
     """Per (label, gene) sum, sum of squares and non-zero count of one row group's block."""
-    starts, ends, vals, rows = _group_values(sel.part, sel.group, genes, expr, True)
+    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, genes, expr, True)
     return kernels.label_sums(starts, ends, vals, rows, labels, n_labels)
 
 
@@ -88,14 +90,9 @@ def pseudobulk(
     >>> pb = scdask.pseudobulk(scdask.open("plate7.zarr"), ["drug", "cell_line"])  # doctest: +SKIP
     >>> pb["mean"].sel(gene="C1orf112").compute()  # doctest: +SKIP
     """
-    x = data[var] if isinstance(data, xr.Dataset) else data
+    m = as_matrix(data, var, caller="pseudobulk")
+    x, b, expr, gene_dim = m.data, m.base, m.expr, m.gene_dim
     by = [by] if isinstance(by, str) else list(by)
-    arr = x.data
-    if not isinstance(arr, ScdaskArray) or arr.ndim != 2:
-        raise TypeError("pseudobulk needs a cell × gene matrix opened with scdask.open")
-    b = arr._base
-    expr = arr._expr
-    cell_dim, gene_dim = x.dims
     if expr.fill(b.dtype) != 0:
         raise ValueError(f"pseudobulk needs zeros to stay zeros; {expr} maps 0 to "
                          f"{expr.fill(b.dtype)}")
@@ -107,7 +104,7 @@ def pseudobulk(
         codes = np.where(keep.reshape(-1), codes, -1)
     n_labels = len(keys)
     n_cells = np.bincount(codes[codes >= 0], minlength=n_labels).astype(np.int64)
-    genes = np.arange(b.n_genes) if b.genes is None else b.genes
+    genes = m.genes
     unique, inverse = np.unique(genes, return_inverse=True)
     block = max(1, min(len(unique) or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
     token = tokenize(b.token, expr, by, codes)

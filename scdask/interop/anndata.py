@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from scdask.lazy import ScdaskArray
+from scdask.compute import as_matrix
 
 
 def _frame(x: xr.DataArray, dim: str, index_name: str | None) -> pd.DataFrame:
@@ -38,17 +38,10 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X") -> Any:
     """
     import anndata
 
-    x = data[var] if isinstance(data, xr.Dataset) else data
-    arr = x.data
-    if not isinstance(arr, ScdaskArray) or arr.ndim != 2:
-        raise TypeError("to_anndata needs a cell × gene matrix opened with scdask.open")
-    if x.dims[0] != "cell":
-        x = x.transpose("cell", ...)
-        arr = x.data
-    fill = arr._expr.fill(arr._base.dtype)
-    if fill != 0:
-        raise ValueError(f"the selection maps zeros to {fill}: it is dense, not an AnnData X")
-    coo = arr.compute()
+    m = as_matrix(data, var, caller="to_anndata")
+    x, gene_dim = m.data, m.gene_dim
+    if m.fill != 0:
+        raise ValueError(f"the selection maps zeros to {m.fill}: it is dense, not an AnnData X")
+    coo = x.data.compute()
     X = coo.to_scipy_sparse().tocsr() if hasattr(coo, "to_scipy_sparse") else coo
-    gene_dim = x.dims[1]
     return anndata.AnnData(X=X, obs=_frame(x, "cell", "obs_names"), var=_frame(x, gene_dim, None))

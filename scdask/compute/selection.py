@@ -1,0 +1,205 @@
+"""What a lazy matrix is made of: stores as parts, the selected cells and genes, a cell mask.
+
+A :class:`Base` is resolved to :class:`GroupSel` (the selected cells of one row group),
+the unit every task of :mod:`scdask.compute` works on. ``positions`` turns one axis of
+a numpy-style index into positions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from scdask.store.reader import Store
+
+
+class Part:
+    """One store's matrix as a slice of the dataset's cells."""
+
+    __slots__ = ("store", "matrix", "gene_map", "offset")
+
+    def __init__(self, store: Store, matrix: str, gene_map: np.ndarray | None, offset: int):
+        self.store = store
+        self.matrix = matrix
+        self.gene_map = gene_map  # dataset gene position → this store's; None: the same
+        self.offset = offset
+
+    @property
+    def n_cells(self) -> int:
+        return self.store.n_obs
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        gm = None if self.gene_map is None else tokenize(self.gene_map)
+        return (self.store.url, self.store.attrs.get("uuid"), self.matrix, gm, self.offset)
+
+
+class GroupSel:
+    """The selected cells of one row group of one part."""
+
+    __slots__ = ("part", "group", "n_rows", "local", "count", "first")
+
+    def __init__(self, part: Part, group: int, n_rows: int, local: np.ndarray | None, first: int):
+        self.part = part
+        self.group = group
+        self.n_rows = n_rows
+        self.local = local  # sorted positions within the group; None: all of them
+        self.count = n_rows if local is None else len(local)
+        self.first = first  # position of its first cell in the selection
+
+
+class Base:
+    """What a lazy matrix is made of: parts, the selected cells and genes, and a cell mask.
+
+    ``cells`` are sorted global cell positions (``None``: all); ``genes`` are dataset
+    gene positions in the order selected, repeats allowed (``None``: all). A dropped
+    axis was indexed with an integer. ``mask`` (numpy or Dask, one bool per selected
+    cell) makes the cells where it is false NaN.
+    """
+
+    def __init__(
+        self,
+        parts: tuple[Part, ...],
+        n_genes: int,
+        dtype: np.dtype,
+        cells: np.ndarray | None = None,
+        genes: np.ndarray | None = None,
+        drop_cell: bool = False,
+        drop_gene: bool = False,
+        mask: Any = None,
+    ) -> None:
+        self.parts = parts
+        self.n_genes = n_genes
+        self.dtype = np.dtype(dtype)
+        self.cells = cells
+        self.genes = genes
+        self.drop_cell = drop_cell
+        self.drop_gene = drop_gene
+        self.mask = mask
+        self.n_cells = sum(p.n_cells for p in parts)
+        self.token = tokenize(
+            parts, n_genes, str(self.dtype), cells, genes, drop_cell, drop_gene,
+            None if mask is None else (mask.name if isinstance(mask, da.Array) else tokenize(mask)),
+        )
+
+    def replace(self, **kw: Any) -> Base:
+        d = dict(parts=self.parts, n_genes=self.n_genes, dtype=self.dtype, cells=self.cells,
+                 genes=self.genes, drop_cell=self.drop_cell, drop_gene=self.drop_gene,
+                 mask=self.mask)
+        d.update(kw)
+        return Base(**d)
+
+    @property
+    def n_sel_cells(self) -> int:
+        return self.n_cells if self.cells is None else len(self.cells)
+
+    @property
+    def n_sel_genes(self) -> int:
+        return self.n_genes if self.genes is None else len(self.genes)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(d for d, drop in (("cell", self.drop_cell), ("gene", self.drop_gene)) if not drop)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        sizes = {"cell": self.n_sel_cells, "gene": self.n_sel_genes}
+        return tuple(sizes[d] for d in self.dims)
+
+    @functools.cached_property
+    def groups(self) -> list[GroupSel]:
+        """The row groups holding selected cells, in order."""
+        out: list[GroupSel] = []
+        first = 0
+        for p in self.parts:
+            st = p.store
+            R = st.row_group_size
+            if self.cells is None:
+                for g in range(st.n_groups):
+                    a, b = st.group_rows(g)
+                    out.append(GroupSel(p, g, b - a, None, first))
+                    first += b - a
+                continue
+            lo = np.searchsorted(self.cells, p.offset)
+            hi = np.searchsorted(self.cells, p.offset + p.n_cells)
+            local = self.cells[lo:hi] - p.offset
+            if not len(local):
+                continue
+            gid = local // R
+            bounds = np.flatnonzero(np.diff(gid)) + 1
+            for chunk in np.split(local, bounds):
+                g = int(chunk[0] // R)
+                a, b = st.group_rows(g)
+                n_rows = b - a
+                sel = None if len(chunk) == n_rows else (chunk - a).astype(np.int64)
+                out.append(GroupSel(p, g, n_rows, sel, first))
+                first += len(chunk)
+        return out
+
+    @functools.cached_property
+    def gene_index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(unique, inverse)``: sorted unique selected genes and ``genes = unique[inverse]``.
+
+        ``(None, None)`` when every gene is selected in order.
+        """
+        if self.genes is None:
+            return None, None
+        u, inv = np.unique(self.genes, return_inverse=True)
+        return u, inv
+
+    def mask_blocks(self) -> tuple[list[Any], list[Any]]:
+        """Per group, the mask over its selected cells (a key, an array or None); dependencies."""
+        groups = self.groups
+        if self.mask is None:
+            return [None] * len(groups), []
+        counts = tuple(g.count for g in groups)
+        if isinstance(self.mask, da.Array):
+            m = self.mask.reshape(-1).rechunk((counts,)) if groups else self.mask
+            return [(m.name, i) for i in range(len(groups))], [m]
+        m = np.asarray(self.mask).reshape(-1)
+        return [m[g.first : g.first + g.count] for g in groups], []
+
+
+
+
+def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int | np.integer):
+        axis = (axis,)
+    out = []
+    for a in axis:
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise np.exceptions.AxisError(a, ndim)
+        out.append(a % ndim)
+    return tuple(sorted(set(out)))
+
+
+def positions(k: Any, size: int) -> tuple[np.ndarray, bool] | None:
+    """Positions selected by one axis of an index, and whether it drops the axis."""
+    if isinstance(k, slice):
+        return np.arange(size)[k], False
+    if isinstance(k, int | np.integer):
+        i = int(k)
+        if not -size <= i < size:
+            raise IndexError(f"index {i} is out of bounds for an axis of size {size}")
+        return np.array([i % size]), True
+    if isinstance(k, list | np.ndarray) and not isinstance(k, da.Array):
+        a = np.asarray(k)
+        if a.ndim != 1:
+            return None
+        if a.dtype == bool:
+            if len(a) != size:
+                raise IndexError(f"boolean index of length {len(a)} for an axis of size {size}")
+            return np.flatnonzero(a), False
+        if a.dtype.kind not in "iu" and len(a):
+            return None
+        a = a.astype(np.int64)
+        if len(a) and (a.min() < -size or a.max() >= size):
+            raise IndexError(f"index out of bounds for an axis of size {size}")
+        return a % size if len(a) else a, False
+    return None
