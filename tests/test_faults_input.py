@@ -143,7 +143,7 @@ def test_finalise_interrupted_anywhere_resumes(tiny_plate, tmp_path, monkeypatch
         return out
 
     if after == "root_attrs":
-        monkeypatch.setattr(conv, "_file_checksums", lambda loc: (_ for _ in ()).throw(Interrupt()))
+        monkeypatch.setattr(conv, "file_checksums", lambda loc: (_ for _ in ()).throw(Interrupt()))
     else:
         monkeypatch.setattr(zarr.Group, "create_array", create_array)
     with pytest.raises(Interrupt):

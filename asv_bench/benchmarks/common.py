@@ -66,7 +66,7 @@ def unchecked():
     """Conversions write format-1 stores, without checksums: the baseline of their cost."""
     import importlib
 
-    convert = importlib.import_module("scdask.conversion.steps")
+    convert = importlib.import_module("scdask.conversion.arrays")
     convert._CHECKSUMS = False
     try:
         yield

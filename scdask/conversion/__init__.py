@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from scdask.conversion.run import convert
 from scdask.conversion.steps import (
-    convert,
     convert_finalise,
     convert_init,
     convert_metadata,

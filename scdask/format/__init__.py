@@ -182,6 +182,7 @@ class Plan:
     source_size: int = 0
     source_mtime: float = 0.0
     format_version: int = FORMAT_VERSION
+    source_kind: str = "h5ad"  # the reader (scdask.sources.SOURCES); plans before it: h5ad
 
     @property
     def n_groups(self) -> int:

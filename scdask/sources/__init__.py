@@ -2,15 +2,18 @@
 
 A source knows the shape of each matrix, yields rows of a matrix as a
 :class:`~scdask.format.blocks.CSRBlock`, and hands over the metadata frames.
-:mod:`scdask.sources.h5ad`
-implements it for H5AD; a Loom or 10x reader would add one module and reuse the
-whole writer.
+:mod:`scdask.sources.h5ad` implements it for H5AD. Another input format (Parquet
+with ragged gene lists, Loom, 10x) is one module here and one line in
+:data:`SOURCES`; conversion reaches sources only through :func:`open_source`, and
+the plan records the kind, so every step reopens the same reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Protocol
+import importlib
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -31,11 +34,14 @@ class MatrixInfo:
     dtype: np.dtype
     format: str  # "csr", "csc" or "dense"
     var: str  # "var" or "raw/var"
+    nnz: int = 0  # stored entries (every entry of a dense matrix)
+    index_itemsize: int = 8  # bytes of one stored index (sparse), 8 otherwise
 
 
 class Source(Protocol):
     """What :func:`scdask.convert` reads."""
 
+    kind: ClassVar[str]  # the key of this reader in SOURCES, recorded in the plan
     path: str
     n_obs: int
     n_vars: int
@@ -45,6 +51,9 @@ class Source(Protocol):
 
     def row_group_nnz(self, name: str, boundaries: np.ndarray) -> np.ndarray | None:
         """Stored entries per row group, or None when it costs a scan to know."""
+
+    def sample_values(self, name: str, n: int = 1 << 16) -> np.ndarray:
+        """Some stored values of matrix ``name`` (the first ``n``; empty when dense)."""
 
     def read_rows(self, name: str, start: int, stop: int, value_dtype: Any = None,
                   scratch: Scratch | None = None) -> CSRBlock:
@@ -66,3 +75,40 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+#: Source kinds: the class implementing each, as ``module:Class`` (imported when used).
+SOURCES = {"h5ad": "scdask.sources.h5ad:H5ADSource"}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def source_kind(path: str | os.PathLike[str]) -> str:
+    """The kind of source ``path`` is, from its content (HDF5: ``h5ad``).
+
+    Raises
+    ------
+    FormatError
+        If no source kind reads it.
+    """
+    from scdask.format import FormatError
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a folder, not an input file scdask converts") from None
+    # HDF5's superblock sits at 0, 512, 1024, ... (a user block may precede it)
+    if any(head[i : i + 8] == _HDF5_MAGIC for i in range(0, max(1, len(head) - 7), 512)):
+        return "h5ad"
+    if path.endswith(".h5ad"):
+        return "h5ad"  # let its reader say what is wrong with it
+    raise FormatError(
+        f"{path}: not a file scdask converts (known: {', '.join(sorted(SOURCES))})")
+
+
+def open_source(path: str | os.PathLike[str], kind: str | None = None) -> Source:
+    """Open ``path`` with the reader of ``kind`` (default: found from the file's content)."""
+    kind = kind or source_kind(path)
+    if kind not in SOURCES:
+        raise ValueError(f"unknown source kind {kind!r}; known: {', '.join(sorted(SOURCES))}")
+    module, cls = SOURCES[kind].split(":")
+    return getattr(importlib.import_module(module), cls)(path)

@@ -47,6 +47,8 @@ class H5ADSource:
         If the file is not HDF5, not AnnData, truncated, or has shapes that disagree.
     """
 
+    kind = "h5ad"
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._file: h5py.File | None = None
@@ -156,6 +158,7 @@ class H5ADSource:
             if elem["data"].shape != elem["indices"].shape:
                 raise self._error(name, "data and indices have different lengths")
             dtype = elem["data"].dtype
+            nnz, index_itemsize = int(elem["data"].shape[0]), elem["indices"].dtype.itemsize
         else:
             if enc not in ("", "array"):
                 raise self._error(name, f"encoding {enc!r} is not a matrix scdask can read")
@@ -164,9 +167,11 @@ class H5ADSource:
             fmt = "dense"
             n_obs, n_vars = (int(s) for s in elem.shape)
             dtype = elem.dtype
+            nnz, index_itemsize = n_obs * n_vars, 8
         if dtype.kind not in "biuf":
             raise self._error(name, f"values of dtype {dtype} are not numeric")
-        self._matrices[name] = MatrixInfo(name, n_obs, n_vars, np.dtype(dtype), fmt, var)
+        self._matrices[name] = MatrixInfo(name, n_obs, n_vars, np.dtype(dtype), fmt, var, nnz,
+                                          index_itemsize)
 
     def matrices(self) -> list[MatrixInfo]:
         return list(self._matrices.values())
