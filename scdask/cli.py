@@ -204,6 +204,8 @@ def info(store: str, as_json: bool) -> None:
     click.echo(f"  var: {', '.join(d['var_columns']) or '-'}")
     if d["obsm"] or d["varm"]:
         click.echo(f"  obsm: {', '.join(d['obsm']) or '-'}; varm: {', '.join(d['varm']) or '-'}")
+    if d["not_kept"]:
+        click.echo(f"  not kept from the source: {'; '.join(d['not_kept'])}")
 
 
 

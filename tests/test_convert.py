@@ -179,6 +179,25 @@ def test_no_x_and_empty_x(tmp_path):
         assert store_to_csr(st).shape == shape
 
 
+def test_unreadable_uns_element_is_named_in_the_warning_and_the_store(tiny_plate, tmp_path):
+    import scdask.store.verify as store_verify
+
+    src = tmp_path / "odd_uns.h5ad"
+    shutil.copy(tiny_plate, src)
+    with h5py.File(src, "a") as f:
+        g = f.require_group("uns").create_group("from_the_future")
+        g.attrs.update({"encoding-type": "quantum-array", "encoding-version": "9.9.9"})
+        f["uns"].attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        f["uns/kept"] = np.arange(3)
+        f["uns/kept"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    with pytest.warns(UserWarning, match=r"uns/from_the_future \(unreadable"):
+        scdask.convert(src, tmp_path / "o.zarr", workers=0)
+    st = Store(tmp_path / "o.zarr")
+    assert any(d.startswith("uns/from_the_future (unreadable") for d in st.attrs["not_kept"])
+    assert store_verify.info(st)["not_kept"] == st.attrs["not_kept"]
+    np.testing.assert_array_equal(st.uns()["kept"], np.arange(3))
+
+
 # -- bad input -------------------------------------------------------------------
 def test_not_hdf5(tmp_path):
     p = tmp_path / "x.h5ad"
@@ -347,7 +366,7 @@ def test_normalised_values_are_not_narrowed(tmp_path):
 
 
 def test_gzip_chunks_inflated_here_read_as_hdf5_reads_them(tmp_path):
-    from scdask.sources.h5ad import _inflater, _read_checked
+    from scdask.sources.h5slabs import _inflater, _read_checked
 
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "g.h5", "w") as f:

@@ -76,7 +76,7 @@ def value_shuffle(dtype: np.dtype) -> str:
 
 
 def delta_filter(dtype: str) -> list[Any]:
-    from zarr.codecs.numcodecs import Delta
+    from scdask.format.codecs import Delta  # numcodecs' delta, compiled
 
     return [Delta(dtype=dtype)]
 

@@ -215,9 +215,9 @@ def _write_metadata(src: Source, loc: Location, root: zarr.Group, plan: Plan) ->
         step = R if axis == "obsm" else max(1, arr.shape[0])
         for a in range(0, arr.shape[0], step):
             z[a : a + step] = arr[a : a + step]
-    dropped = src.dropped()
-    dropped += write_uns(loc, src.uns())
-    return dropped
+    uns = src.uns()  # read before asking what was dropped: unreadable elements are among them
+    kept_uns = write_uns(loc, uns)
+    return src.dropped() + kept_uns
 
 
 def convert_partition(
@@ -321,9 +321,12 @@ def convert_finalise(
     # The partitions' results are read checked: a lost or damaged chunk is an error here,
     # not a wrong colptr or statistic in the finished store.
     checked = loc.open_checked(checksums=plan.format_version >= 2)
+    from scdask.format.codecs import implementations  # compiled: imported where it runs
+
     matrices = {}
-    for m in plan.matrices:
-        matrices[m.name] = finalise_matrix(root, checked[f"{WIP_DIR}/{m.name}"], plan, m)
+    with implementations():
+        for m in plan.matrices:
+            matrices[m.name] = finalise_matrix(root, checked[f"{WIP_DIR}/{m.name}"], plan, m)
     obsm = sorted(root["obsm"].array_keys()) if "obsm" in root else []
     varm = sorted(root["varm"].array_keys()) if "varm" in root else []
     if plan.format_version >= 2:
@@ -346,6 +349,7 @@ def convert_finalise(
                 "created_by": f"scdask {__version__}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "uuid": uuid.uuid4().hex,
+                "not_kept": _recorded_drops(loc),
                 **file_checksums(loc),
             }
         }
@@ -353,6 +357,12 @@ def convert_finalise(
     # The store is complete from the line above; leftovers below are only clutter.
     del root[WIP_DIR]
     loc.remove(WIP_DIR)
+
+
+def _recorded_drops(loc: Location) -> list[str]:
+    """What ``convert_metadata`` recorded as not kept (named again in the store)."""
+    with loc.open(METADATA_DONE, "rb") as f:
+        return list(json.loads(f.read())["dropped"])
 
 
 def warn_dropped(source: str, dropped: list[str]) -> None:

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any
 
 import numpy as np
-
-# scdask stores use numcodecs' delta filter (see docs/FORMAT.md) and keep Parquet files
-# beside the Zarr nodes; zarr-python warns about both on every open.
-warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
 
 FORMAT_VERSION = 2
 """Version of the on-disk layout written by this scdask. Readers refuse newer ones.

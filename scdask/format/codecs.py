@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +42,13 @@ def _delta(arr, out):  # pragma: no cover - compiled
 
 class Delta(_ZarrDelta):
     """numcodecs' ``Delta`` with compiled loops for integer chunks (same bytes)."""
+
+    def __init__(self, **codec_config: Any) -> None:
+        # Zarr notes, on every array it opens, that numcodecs' codecs are outside the v3
+        # spec; docs/FORMAT.md says so once. Only this notice, only here, is silenced.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Numcodecs codecs are not in the Zarr version 3")
+            super().__init__(**codec_config)
 
     def _plain(self, dtype: np.dtype) -> bool:
         cfg = self.codec_config
@@ -72,9 +81,30 @@ register_codec("numcodecs.delta", Delta)
 _OURS = {"numcodecs.delta": f"{Delta.__module__}.{Delta.__qualname__}"}
 
 
+_STATE: dict[str, Any] = {"users": 0, "saved": None}
+_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def implementations() -> Iterator[None]:
-    """Open Zarr arrays within this context to use scdask's codec implementations."""
-    # codec names hold dots: the mapping is set whole, not as dotted config keys
-    with zarr.config.set({"codecs": {**zarr.config.get("codecs", {}), **_OURS}}):
+    """Open Zarr arrays within this context to use scdask's codec implementations.
+
+    Zarr's configuration is one for the process: the setting is counted across threads
+    (Dask runs reads in several), made by the first to enter and undone by the last to
+    leave, so no thread opens an array with zarr's own implementation meanwhile.
+    """
+    with _LOCK:
+        if _STATE["users"] == 0:
+            saved = dict(zarr.config.get("codecs", {}))
+            # codec names hold dots: the mapping is set whole, not as dotted config keys
+            zarr.config.set({"codecs": {**saved, **_OURS}})
+            _STATE["saved"] = saved
+        _STATE["users"] += 1
+    try:
         yield
+    finally:
+        with _LOCK:
+            _STATE["users"] -= 1
+            if _STATE["users"] == 0:
+                zarr.config.set({"codecs": _STATE["saved"]})
+                _STATE["saved"] = None

@@ -286,7 +286,9 @@ def _array_problems(path: str, arr: Any, loc: Any, checksums: bool,
 
 def _arrays(root: Any) -> list[tuple[str, Any]]:
     """Every array below ``root``, by path; the store's Parquet and JSON files are not Zarr's."""
-    with warnings.catch_warnings():
+    from scdask.format.codecs import implementations
+
+    with warnings.catch_warnings(), implementations():
         warnings.filterwarnings("ignore", message="Object at .* is not recognized")
         return [(p, n) for p, n in root.members(max_depth=None) if hasattr(n, "cdata_shape")]
 

@@ -87,7 +87,10 @@ class Location:
             from scdask.store.integrity import RecordingStore
 
             store = RecordingStore(store, crcs)
-        return zarr.open_group(store, mode=mode, zarr_format=3)
+        from scdask.format.codecs import implementations
+
+        with implementations():
+            return zarr.open_group(store, mode=mode, zarr_format=3)
 
     def open_checked(self, checksums: bool = True,
                      optional: Callable[[str], bool] | None = None) -> zarr.Group:
@@ -104,7 +107,10 @@ class Location:
 
         store = CheckedStore(self.zarr_store(read_only=True), self.url, checksums, optional,
                              self.root if self.is_local else None)
-        return zarr.open_group(store, mode="r", zarr_format=3)
+        from scdask.format.codecs import implementations
+
+        with implementations():
+            return zarr.open_group(store, mode="r", zarr_format=3)
 
     def open(self, relpath: str, mode: str = "rb") -> IO[bytes]:
         if "w" in mode and self.is_local:

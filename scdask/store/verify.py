@@ -259,4 +259,5 @@ def info(store: str | os.PathLike[str] | Store) -> dict[str, Any]:
         "obsm": st.attrs.get("obsm", []),
         "varm": st.attrs.get("varm", []),
         "created_by": st.attrs.get("created_by"),
+        "not_kept": list(st.attrs.get("not_kept", [])),
     }

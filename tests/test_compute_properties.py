@@ -1,0 +1,184 @@
+"""Property test of the engine: selection × elementwise expression × reduction against dense numpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from anndata.io import write_elem
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import scdask
+
+N_CELLS, N_GENES = 230, 37
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    """A store of a random count matrix with several row groups, and the dense matrix."""
+    rng = np.random.default_rng(7)
+    m = sp.random(N_CELLS, N_GENES, density=0.2, format="csr", random_state=rng,
+                  data_rvs=lambda n: rng.integers(1, 9, n)).astype(np.float32)
+    m[5, :] = 0  # an empty cell
+    m.eliminate_zeros()
+    d = tmp_path_factory.mktemp("prop")
+    src = d / "m.h5ad"
+    import pandas as pd
+
+    with h5py.File(src, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        write_elem(f, "X", m)
+        write_elem(f, "obs", pd.DataFrame(index=[f"c{i}" for i in range(N_CELLS)]))
+        write_elem(f, "var", pd.DataFrame(index=[f"g{i}" for i in range(N_GENES)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(src, d / "m.zarr", row_group_size=64, chunk_size=1024, workers=0)
+    return scdask.open(d / "m.zarr").X.data, m.toarray().astype(np.float64)
+
+
+EXPRESSIONS = {
+    "x": lambda x: x,
+    "2x+1": lambda x: x * 2 + 1,
+    "log1p": np.log1p,
+    "x/3-1": lambda x: x / 3 - 1,
+    "x>2": lambda x: x > 2,
+    "sqrt(x)*x": lambda x: np.sqrt(x) * x,
+    "x**2": lambda x: x**2,
+    "-abs(x-3)": lambda x: -abs(x - 3),
+    "float64": lambda x: x.astype("float64"),
+}
+REDUCTIONS = ["sum", "mean", "var", "std", "min", "max", "count_nonzero", "nansum", "nanmean",
+              "nanmax"]
+
+
+@st.composite
+def selections(draw):
+    kind = draw(st.sampled_from(["all", "slice", "sorted", "bool", "one"]))
+    if kind == "all":
+        cells = slice(None)
+    elif kind == "slice":
+        a = draw(st.integers(0, N_CELLS - 1))
+        cells = slice(a, draw(st.integers(a + 1, N_CELLS)), draw(st.integers(1, 70)))
+    elif kind == "sorted":
+        cells = np.array(sorted(draw(st.sets(st.integers(0, N_CELLS - 1), min_size=1,
+                                             max_size=90))))
+    elif kind == "bool":
+        seed = draw(st.integers(0, 2**16))
+        cells = np.random.default_rng(seed).random(N_CELLS) < draw(st.sampled_from([0.05, 0.5]))
+        if not cells.any():
+            cells[3] = True
+    else:
+        cells = draw(st.integers(-N_CELLS, N_CELLS - 1))
+    gkind = draw(st.sampled_from(["all", "list", "slice", "one"]))
+    if gkind == "all":
+        genes = slice(None)
+    elif gkind == "list":  # any order, repeats allowed
+        genes = draw(st.lists(st.integers(0, N_GENES - 1), min_size=1, max_size=12))
+    elif gkind == "slice":
+        genes = slice(draw(st.integers(0, 10)), draw(st.integers(11, N_GENES)),
+                      draw(st.integers(1, 4)))
+    else:
+        genes = draw(st.integers(0, N_GENES - 1))
+    return cells, genes
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sel=selections(), expr=st.sampled_from(sorted(EXPRESSIONS)),
+       op=st.sampled_from(REDUCTIONS), axis=st.sampled_from([None, 0, 1]))
+def test_selection_expression_reduction_equal_numpy(plate, sel, expr, op, axis):
+    lazy, dense = plate
+    cells, genes = sel
+    x = lazy[cells]
+    x = x[:, genes] if x.ndim == 2 else x[genes]
+    ref = dense[cells]
+    ref = ref[:, genes] if ref.ndim == 2 else ref[genes]
+    if ref.size == 0:
+        return
+    if axis is not None and axis >= ref.ndim:
+        axis = None
+    f = EXPRESSIONS[expr]
+    got = np.asarray(getattr(np, op)(f(x), axis=axis).compute()) if op != "count_nonzero" \
+        else np.asarray(np.count_nonzero(f(x), axis=axis).compute())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = f(ref.astype(np.float32))  # computed as the store's dtype, like the engine
+        if op != "count_nonzero" and values.dtype != bool:
+            values = values.astype(np.float64)  # and accumulated in float64
+        want = getattr(np, op)(values, axis=axis)
+    np.testing.assert_allclose(got.astype(np.float64), np.asarray(want, dtype=np.float64),
+                               rtol=1e-9, atol=1e-9, err_msg=f"{op}({expr}) axis={axis} {sel}")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sel=selections(), expr=st.sampled_from(sorted(EXPRESSIONS)))
+def test_selection_expression_values_equal_numpy(plate, sel, expr):
+    """The generic view (sparse blocks) holds the same values as numpy."""
+    lazy, dense = plate
+    cells, genes = sel
+    x = lazy[cells]
+    x = x[:, genes] if x.ndim == 2 else x[genes]
+    ref = dense[cells]
+    ref = ref[:, genes] if ref.ndim == 2 else ref[genes]
+    f = EXPRESSIONS[expr]
+    got = f(x).compute()
+    got = got.todense() if hasattr(got, "todense") else np.asarray(got)
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64),
+                               np.asarray(f(ref.astype(np.float32)), dtype=np.float64),
+                               rtol=1e-6, err_msg=f"{expr} {sel}")
+
+
+# -- contract of the partial statistics: merging pieces is computing the whole ----------------
+
+
+def _partial(values: np.ndarray) -> np.ndarray:
+    """The partial of one element from its values, as the kernels define it."""
+    from scdask.compute.kernels import empty_partial
+
+    p = empty_partial(1)
+    ok = values[~np.isnan(values)]
+    p[:, 0] = [len(ok), ok.sum(), ((ok - ok.mean()) ** 2).sum() if len(ok) else 0.0,
+               ok.min() if len(ok) else np.inf, ok.max() if len(ok) else -np.inf,
+               float(np.isnan(values).any())]
+    return p
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan"))), max_size=60),
+       cuts=st.lists(st.integers(0, 60), max_size=5), op=st.sampled_from(
+           ["sum", "mean", "var", "std", "min", "max", "count"]), skipna=st.booleans())
+def test_merged_partials_equal_the_partial_of_the_whole(values, cuts, op, skipna):
+    from scdask.compute.kernels import empty_partial, fold_partials, merge_partials
+    from scdask.compute.reductions import finalize
+
+    v = np.array(values, dtype=np.float64)
+    bounds = sorted({0, len(v), *[min(c, len(v)) for c in cuts]})
+    pieces = [_partial(v[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    merged = empty_partial(1)
+    for p in pieces:
+        merged = merge_partials(merged, p)
+    whole = _partial(v)
+    # identity, commutativity, and the tree fold agree with the sequential merge
+    np.testing.assert_array_equal(merge_partials(whole, empty_partial(1)), whole)
+    if len(pieces) >= 2:
+        np.testing.assert_allclose(merge_partials(pieces[1], pieces[0]),
+                                   merge_partials(pieces[0], pieces[1]), rtol=1e-12, atol=1e-6)
+    folded = fold_partials(np.concatenate(pieces, axis=1)) if pieces else empty_partial(1)
+    got = finalize(merged, op, skipna, 0, False)
+    np.testing.assert_allclose(finalize(folded, op, skipna, 0, False), got, rtol=1e-9, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ok = v[~np.isnan(v)] if skipna else v
+        want = {"sum": np.sum, "mean": np.mean, "var": np.var, "std": np.std,
+                "min": np.min if len(ok) else (lambda x: np.nan),
+                "max": np.max if len(ok) else (lambda x: np.nan),
+                "count": lambda x: np.count_nonzero(~np.isnan(v))}[op](ok)
+    if op == "sum" and not len(ok):
+        want = 0.0
+    scale = max(1.0, float(np.nanmax(np.abs(v))) if len(v) and not np.isnan(v).all() else 1.0)
+    tol = 1e-9 * scale**2 if op == "var" else 1e-9 * scale * max(1, len(v))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=tol, err_msg=f"{op} {values}")
