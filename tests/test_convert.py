@@ -308,8 +308,10 @@ def test_kill_during_conversion_then_resume(tmp_path):
 
     src = synth(tmp_path / "p.h5ad", 6000, n_genes=2000, seed=3)
     dst = tmp_path / "k.zarr"
-    code = (
-        "import scdask, sys; scdask.convert(sys.argv[1], sys.argv[2], row_group_size=256, "
+    code = (  # each partition made slow (workers are forked: they inherit it), to be killed
+        "import scdask, sys, time; import scdask.conversion.run as run; part = "
+        "run.convert_partition; run.convert_partition = lambda *a: (time.sleep(0.3), "
+        "part(*a))[1]; scdask.convert(sys.argv[1], sys.argv[2], row_group_size=256, "
         "chunk_size=4096, workers=1, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)], start_new_session=True)
