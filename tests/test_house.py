@@ -17,7 +17,7 @@ PACKAGE = ROOT / "scdask"
 # Rooms in the order data flows; a module imports only from its own room or rooms before it.
 ROOMS = ["format", "sources", "store", "conversion", "compute", "backend", "interop"]
 # Utilities import no room (and any room may import them).
-UTILITIES = {"_version", "parallel", "clusters", "datasets"}
+UTILITIES = {"_version", "_jit", "parallel", "clusters", "datasets"}
 # The top: the package root, the command line and the documented shims may import anything.
 TOP = {"__init__", "__main__", "cli", "demo", "testing", "verify", "ml"}
 

@@ -201,11 +201,17 @@ class ScdaskArray(da.Array):
 
     def var(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, ddof: int = 0,
             **kw: Any) -> Any:
-        return self._reduce("var", False, axis, keepdims=keepdims, ddof=ddof)
+        out = self._reduce("var", False, axis, keepdims=keepdims, ddof=ddof)
+        if out is NotImplemented:
+            return da.Array.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+        return out
 
     def std(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, ddof: int = 0,
             **kw: Any) -> Any:
-        return self._reduce("std", False, axis, keepdims=keepdims, ddof=ddof)
+        out = self._reduce("std", False, axis, keepdims=keepdims, ddof=ddof)
+        if out is NotImplemented:
+            return da.Array.std(self, axis=axis, keepdims=keepdims, ddof=ddof)
+        return out
 
     def min(self, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
         return self._reduce("min", False, axis, keepdims=keepdims)
@@ -219,8 +225,8 @@ class ScdaskArray(da.Array):
             return NotImplemented
         axes = normalize_axes(axis, self.ndim)
         b = self._base
-        if not axes:
-            return self
+        if not axes and self.ndim:  # reducing over no axis
+            return self if op in ("sum", "mean", "min", "max") else NotImplemented
         kept = [d for i, d in enumerate(b.dims) if i not in axes]
         integer = self.dtype.kind in "biu"
         x = self
