@@ -15,6 +15,8 @@ import h5py
 import numba
 import numpy as np
 
+from scdask._jit import jit
+
 N_GENES = 62710
 HEADLINE_GENE = "C1orf112"
 CONTROL_DRUG = "DMSO_TF"
@@ -38,7 +40,7 @@ def gene_names(n_genes: int = N_GENES) -> np.ndarray:
 _DRUG_CAP = 16  # at most this many extra UMIs per drug-responsive gene
 
 
-@numba.njit(parallel=True, cache=True)
+@jit(parallel=True)
 def _sample_batch(cdfs, line_of_cell, umis, seeds, drug_genes, drug_of_cell, drug_boost):  # pragma: no cover
     """Counts of one batch of cells, as (genes, values) in per-cell slots of a flat buffer."""
     n = umis.shape[0]

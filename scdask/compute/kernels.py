@@ -16,8 +16,9 @@ dtype (stored uint16 counts are not converted) and are accumulated in float64.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from scdask._jit import jit
 
 PARTIAL = ("n", "sum", "m2", "min", "max", "nan")
 N, SUM, M2, MIN, MAX, NAN = range(6)
@@ -31,7 +32,7 @@ def empty_partial(n: int) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma: no cover
     """Per requested gene, over the cells of the group with ``cell_w == 1``.
 
@@ -91,7 +92,7 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
         out[NAN, j] = 1.0 if nan else 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - compiled
     """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes.
 
@@ -152,7 +153,7 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
         out[NAN, r] = 1.0 if nan[r] else 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def label_sums(starts, ends, vals, rows, labels, n_labels):  # pragma: no cover - compiled
     """Per (label, requested gene): sum, sum of squares and count of non-zero values.
 
@@ -230,7 +231,7 @@ def fold_partials(p: np.ndarray) -> np.ndarray:
     return p
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def count_cells(starts, ends, rows, counts):  # pragma: no cover - compiled
     """Stored entries per cell (``counts[r] += 1``) over the requested genes."""
     for j in range(starts.shape[0]):
@@ -238,7 +239,7 @@ def count_cells(starts, ends, rows, counts):  # pragma: no cover - compiled
             counts[rows[k]] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def scatter_rows(starts, ends, vals, rows, lo, hi, fill, out_indices, out_data):  # pragma: no cover
     """Genes ``lo:hi`` of gene-major entries into cell-major CSR rows: ``fill[r]`` is the
     next free slot of stored cell ``r``'s output row (negative: the cell is skipped), so

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba
 import numpy as np
 
+from scdask._jit import jit
 from scdask.format import FormatError, LossyDtypeError
 from scdask.format.blocks import CSRBlock, GroupBlock
 from scdask.sources.scratch import Scratch, empty
@@ -23,7 +23,7 @@ from scdask.store.stats import empty_stats
 _GENE_BLOCK = 16384
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f):  # pragma: no cover
     """One pass over CSR rows: non-zeros per column and statistics per row.
 
@@ -69,7 +69,7 @@ def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f)
     return -1, unsorted, fits
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _scatter(indptr, indices, data, colptr, out_rows, out_data):  # pragma: no cover - compiled
     """Counting-sort scatter of the non-zero entries into gene-major order.
 

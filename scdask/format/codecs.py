@@ -17,14 +17,15 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import numba
 import numpy as np
 import zarr
 from zarr.codecs.numcodecs import Delta as _ZarrDelta
 from zarr.registry import register_codec
 
+from scdask._jit import jit
 
-@numba.njit(cache=True, nogil=True)
+
+@jit(nogil=True)
 def _undelta(enc, out):  # pragma: no cover - compiled; wraps around like numpy's
     acc = enc.dtype.type(0)
     for i in range(enc.shape[0]):
@@ -32,7 +33,7 @@ def _undelta(enc, out):  # pragma: no cover - compiled; wraps around like numpy'
         out[i] = acc
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _delta(arr, out):  # pragma: no cover - compiled
     prev = arr.dtype.type(0)
     for i in range(arr.shape[0]):

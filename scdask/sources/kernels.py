@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numba
+from scdask._jit import jit
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def cast_checked(src, dst, low, high):  # pragma: no cover - compiled
     """``dst[:] = src``, checking each value lies in ``[low, high)`` and survives the cast;
     returns the first entry that does not (or -1). One vectorised pass instead of numpy's

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from scdask._jit import jit
 from scdask.format.blocks import GroupBlock
 from scdask.store.stats import empty_stats
 
 
-@numba.njit(cache=True, inline="always")
+@jit(inline="always")
 def _min(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's minimum
     if a != a or b != b:
         return np.nan
     return a if a < b else b
 
 
-@numba.njit(cache=True, inline="always")
+@jit(inline="always")
 def _max(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's maximum
     if a != a or b != b:
         return np.nan
     return a if a > b else b
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
     # out_f columns: sum, sumsq, min, max of stored values; min/max start at +-inf
     for s in range(ptr.shape[0] - 1):
@@ -50,7 +50,7 @@ def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
         out_f[s, 3] = _max(out_f[s, 3], np.nan if nan else mx)
 
 
-@numba.njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _index_stats(index, values, out_nnz, out_f):  # pragma: no cover - compiled
     for k in range(index.shape[0]):
         i = index[k]
