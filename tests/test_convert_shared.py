@@ -40,7 +40,7 @@ def _check_open(dst, adata):
     import scipy.sparse as sp
 
     ds = scdask.open(dst)
-    matrices = {"X": adata.X, **{k: v for k, v in adata.layers.items()}}
+    matrices = {"X": adata.X, **{k: v for k, v in adata.layers.items() if k is not None}}
     if adata.raw is not None:
         matrices["raw"] = adata.raw.X
     for name, m in matrices.items():

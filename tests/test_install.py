@@ -22,8 +22,7 @@ def read_only_install(tmp_path_factory):
     """scdask installed (not editable) into a folder of its own, then made read-only."""
     target = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
         capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"pip install --target failed: {proc.stderr[-2000:]}")
