@@ -34,7 +34,7 @@ def make(version: str) -> None:
         src = synth(Path(tmp) / "plate.h5ad", 90, n_genes=40, n_drugs=3, n_cell_lines=2, seed=5)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scdask.convert(src, out / "plate.zarr", row_group_size=32, chunk_size=1024, workers=0)
+            scdask.convert(src, out / "store", row_group_size=32, chunk_size=1024, workers=0)
         a = anndata.read_h5ad(src)
     X = a.X.toarray().astype(np.float64)
     expected = {
@@ -46,7 +46,7 @@ def make(version: str) -> None:
         "X": X.tolist(),
     }
     (out / "expected.json").write_text(json.dumps(expected))
-    shutil.rmtree(out / "plate.zarr" / ".scdask.lock", ignore_errors=True)
+    shutil.rmtree(out / "store" / ".scdask.lock", ignore_errors=True)
 
 
 if __name__ == "__main__":
