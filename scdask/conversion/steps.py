@@ -183,8 +183,7 @@ def convert_metadata(
     """
     loc = Location(os.fspath(dst), storage_options)
     if loc.exists(METADATA_DONE):
-        with loc.open(METADATA_DONE, "rb") as f:
-            return list(json.loads(f.read())["dropped"])
+        return _recorded_drops(loc)
     crcs: dict[str, int] = {}
     root = loc.open_group("r+", crcs)
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
