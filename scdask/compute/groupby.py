@@ -12,44 +12,82 @@ size. The cell × gene matrix is never densified.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from scdask.compute import kernels
+from scdask.compute.blocks import Spec, block_fill, entries
 from scdask.compute.matrix import as_matrix
-from scdask.compute.reading import read_gene_runs
-from scdask.compute.selection import GroupSel
 
 #: Bytes of one dense (groups × genes) accumulator of one statistic.
 BLOCK_BYTES = 16 << 20
 STATISTICS = ("sum", "mean", "count_nonzero", "var")
 
 
-def _label_partial(sel: GroupSel, genes: np.ndarray, expr: Any, labels: np.ndarray,
-                   n_labels: int) -> tuple[np.ndarray, ...]:
-    """Per (label, gene) sum, sum of squares and non-zero count of one row group's block."""
-    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, genes, expr, True)
-    return kernels.label_sums(starts, ends, vals, rows, labels, n_labels)
+def _label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
+                 n_labels: int) -> tuple[np.ndarray, ...]:
+    """Per (label, gene) sum, sum of squares and non-zero count of one row group's block.
+
+    Cells whose every entry is NaN (masked by ``.where``) belong to no group.
+    """
+    sel = sels.reshape(-1)[0]
+    unique, inverse = spec.genes(gpos)
+    empty = np.zeros(0, np.int64)
+    if sel is None:
+        return empty, empty, np.zeros(0), np.zeros(0), np.zeros(0)
+    cells, genes = spec.split(ops)
+    fill = block_fill(spec, sel, cells, genes, len(inverse))
+    masked = np.isnan(fill.table).all(axis=1)
+    if np.any(fill.table[~masked] != 0):
+        raise ValueError(f"pseudobulk needs zeros to stay zeros; {spec.expr} maps them to "
+                         "other values (aggregate the stored values, then transform)")
+    codes = np.where(masked[fill.labels], -1, np.asarray(codes, np.int64).reshape(-1))
+    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True)
+    lab = np.full(sel.n_rows, -1, np.int64)
+    lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = codes
+    return kernels.label_sums(starts, ends, vals, rows, lab, n_labels)
 
 
-def _dense(parts: Sequence[Any], n_labels: int, n_genes: int) -> np.ndarray:
+def _cell_counts(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
+                 n_labels: int) -> np.ndarray:
+    """Cells per label of one row group (masked cells left out): ``(1, labels)``."""
+    sel = sels.reshape(-1)[0]
+    if sel is None:
+        return np.zeros((1, n_labels), np.int64)
+    cells, genes = spec.split(ops)
+    fill = block_fill(spec, sel, cells, genes, len(np.asarray(gpos).reshape(-1)))
+    masked = np.isnan(fill.table).all(axis=1)
+    c = np.asarray(codes, np.int64).reshape(-1)[~masked[fill.labels]]
+    return np.bincount(c[c >= 0], minlength=n_labels).reshape(1, -1)
+
+
+def _dense(parts: Any, n_labels: int, n_genes: int, axis: Any = None, keepdims: bool = False
+           ) -> np.ndarray:
     """Sum partials (triples or dense ``(3, labels, genes)`` arrays) into one dense array."""
     out = np.zeros((3, n_labels, n_genes), dtype=np.float64)
-    for p in parts:
-        if isinstance(p, np.ndarray):
+    stack = [parts]
+    while stack:
+        p = stack.pop()
+        if isinstance(p, list):
+            stack.extend(p)
+        elif isinstance(p, np.ndarray):
             out += p
-            continue
-        lab, gene, s, q, c = p
-        flat = lab * n_genes + gene
-        for i, v in enumerate((s, q, c)):
-            out[i].reshape(-1)[:] += np.bincount(flat, weights=v, minlength=n_labels * n_genes)
+        else:
+            lab, gene, s, q, c = p
+            flat = lab * n_genes + gene
+            for i, v in enumerate((s, q, c)):
+                out[i].reshape(-1)[:] += np.bincount(flat, weights=v,
+                                                     minlength=n_labels * n_genes)
     return out
+
+
+def _identity(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    return x
 
 
 def _stat(acc: np.ndarray, i: int) -> np.ndarray:
@@ -91,56 +129,44 @@ def pseudobulk(
     >>> pb["mean"].sel(gene="C1orf112").compute()  # doctest: +SKIP
     """
     m = as_matrix(data, var, caller="pseudobulk")
-    x, b, expr, gene_dim = m.data, m.base, m.expr, m.gene_dim
+    x, b, gene_dim = m.data, m.base, m.gene_dim
     by = [by] if isinstance(by, str) else list(by)
-    if expr.fill(b.dtype) != 0:
-        raise ValueError(f"pseudobulk needs zeros to stay zeros; {expr} maps 0 to "
-                         f"{expr.fill(b.dtype)}")
     frame = pd.DataFrame({c: np.asarray(x[c].values) for c in by})
-    codes = frame.groupby(by, observed=True, sort=True, dropna=True).ngroup().to_numpy()
-    keys = frame.groupby(by, observed=True, sort=True, dropna=True).size()
-    if b.mask is not None:
-        keep = np.asarray(b.mask if not isinstance(b.mask, da.Array) else b.mask.compute(), bool)
-        codes = np.where(keep.reshape(-1), codes, -1)
+    grouped = frame.groupby(by, observed=True, sort=True, dropna=True)
+    codes = grouped.ngroup().to_numpy().astype(np.int64)
+    keys = grouped.size()
     n_labels = len(keys)
-    n_cells = np.bincount(codes[codes >= 0], minlength=n_labels).astype(np.int64)
-    genes = m.genes
-    unique, inverse = np.unique(genes, return_inverse=True)
-    block = max(1, min(len(unique) or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
-    token = tokenize(b.token, expr, by, codes)
-    name = f"pseudobulk-{token}"
-    layer: dict[Any, Any] = {}
-    blocks = [unique[i : i + block] for i in range(0, len(unique), block)] or [unique]
-    for j, g in enumerate(blocks):
-        keys_j = []
-        for i, sel in enumerate(b.groups):
-            lab = np.full(sel.n_rows, -1, np.int64)
-            local = np.arange(sel.n_rows) if sel.local is None else sel.local
-            lab[local] = codes[sel.first : sel.first + sel.count]
-            k = (f"pseudobulk-partial-{token}", i, j)
-            layer[k] = (_label_partial, sel, g, expr, lab, n_labels)
-            keys_j.append(k)
-        level = 0
-        while len(keys_j) > 4 or level == 0:
-            nxt = []
-            for t in range(0, max(1, len(keys_j)), 4):
-                k = (f"pseudobulk-combine-{token}", level, t // 4, j)
-                layer[k] = (_dense, keys_j[t : t + 4], n_labels, len(g))
-                nxt.append(k)
-            keys_j, level = nxt, level + 1
-        layer[(name, j)] = (_dense, keys_j, n_labels, len(g))
-    layers: dict[str, Any] = {name: layer}
-    deps: dict[str, set[str]] = {name: set()}
-    for i, stat in enumerate(("sum", "sumsq", "nnz")):
-        layers[f"{name}-{stat}"] = {(f"{name}-{stat}", 0, j): (_stat, (name, j), i)
-                                    for j in range(len(blocks))}
-        deps[f"{name}-{stat}"] = {name}
-    graph = HighLevelGraph(layers, deps)
-    chunks = ((n_labels,), tuple(len(g) for g in blocks))
-    total = {s: da.Array(graph, f"{name}-{s}", chunks, dtype=np.float64,
-                         meta=np.zeros((0, 0))) for s in ("sum", "sumsq", "nnz")}
-    if inverse is not None and not np.array_equal(unique, genes):
-        total = {s: a[:, inverse] for s, a in total.items()}
+    inp = m.array.inputs()
+    n_genes = b.n_sel_genes
+    block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
+    args = inp.args(block, "i", "g")
+    code_arr = da.from_array(codes, chunks=(inp.counts,))
+    args[4:4] = [code_arr, "i"]
+    spec = inp.spec
+    partials = da.blockwise(_label_block, "ig", *args, adjust_chunks={"i": 1},
+                            align_arrays=False, concatenate=True, dtype=np.float64,
+                            meta=np.empty((0, 0)), spec=spec, n_labels=n_labels)
+    gene_chunks = partials.chunks[1]
+    totals = []
+    for j, width in enumerate(gene_chunks):
+        col = partials.blocks[:, j]
+        acc = da.reduction(col, _identity, partial(_dense, n_labels=n_labels, n_genes=width),
+                           combine=partial(_dense, n_labels=n_labels, n_genes=width), axis=0,
+                           split_every=4, concatenate=False, dtype=np.float64,
+                           meta=np.empty((0,)))
+        totals.append(acc)
+    cell_args = inp.args(-1, "i", "g")
+    cell_args[4:4] = [code_arr, "i"]
+    counts = da.blockwise(_cell_counts, "il", *cell_args, new_axes={"l": n_labels},
+                          adjust_chunks={"i": 1}, align_arrays=False, concatenate=True,
+                          dtype=np.int64, meta=np.empty((0, 0), np.int64), spec=spec,
+                          n_labels=n_labels)
+    n_cells = counts.sum(axis=0).compute()
+    total = {s: da.concatenate([
+        t.map_blocks(_stat, i, new_axis=0, chunks=((n_labels,), (w,)), dtype=np.float64,
+                     meta=np.empty((0, 0)))
+        for t, w in zip(totals, gene_chunks, strict=True)], axis=1)
+        for i, s in enumerate(("sum", "sumsq", "nnz"))}
     n = n_cells[:, None].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total["sum"] / np.where(n > 0, n, np.nan)

@@ -33,16 +33,20 @@ def empty_partial(n: int) -> np.ndarray:
 
 
 @jit(nogil=True)
-def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma: no cover
-    """Per requested gene, over the cells of the group with ``cell_w == 1``.
+def gene_partials(starts, ends, vals, rows, lab, n_class, table, out):  # pragma: no cover
+    """Per requested gene, over the selected cells of the group.
 
-    ``cell_w`` is empty when every cell of the group counts (then ``rows`` is not
-    read and may be empty); ``n_sel`` is the number of cells that count. One pass:
-    squared deviations are accumulated shifted by the gene's first value, which
-    keeps them exact for counts and accurate for data far from zero.
+    ``lab[r]`` is the class of local cell ``r`` (-1: not selected); empty when every
+    cell of the group is selected, all of class 0 (then ``rows`` is not read and may
+    be empty). ``n_class[c]`` counts the selected cells of class ``c``, whose
+    implicit entries hold ``table[c, j]`` (``table[c, 0]`` when it has one column).
+    One pass: squared deviations are accumulated shifted by the gene's first value,
+    which keeps them exact for counts and accurate for data far from zero.
     """
-    use_w = cell_w.shape[0] > 0
-    fill_nan = fill != fill
+    use_lab = lab.shape[0] > 0
+    n_c = n_class.shape[0]
+    per_gene = table.shape[1] > 1
+    cnt = np.zeros(n_c, dtype=np.int64)
     for j in range(starts.shape[0]):
         n = 0
         s = 0.0
@@ -52,11 +56,14 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
         mn = np.inf
         mx = -np.inf
         nan = False
-        stored = 0
         for k in range(starts[j], ends[j]):
-            if use_w and cell_w[rows[k]] != 1:
-                continue
-            stored += 1
+            if use_lab:
+                c = lab[rows[k]]
+                if c < 0:
+                    continue
+                cnt[c] += 1
+            else:
+                cnt[0] += 1
             v = np.float64(vals[k])
             if v != v:
                 nan = True
@@ -70,20 +77,24 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
             d2 += d * d
             mn = min(mn, v)
             mx = max(mx, v)
-        imp = n_sel - stored
-        if imp > 0:
-            if fill_nan:
+        for c in range(n_c):
+            imp = n_class[c] - cnt[c]
+            cnt[c] = 0
+            if imp <= 0:
+                continue
+            fill = table[c, j] if per_gene else table[c, 0]
+            if fill != fill:
                 nan = True
-            else:
-                if shift != shift:
-                    shift = fill
-                n += imp
-                s += imp * fill
-                d = fill - shift
-                d1 += imp * d
-                d2 += imp * d * d
-                mn = min(mn, fill)
-                mx = max(mx, fill)
+                continue
+            if shift != shift:
+                shift = fill
+            n += imp
+            s += imp * fill
+            d = fill - shift
+            d1 += imp * d
+            d2 += imp * d * d
+            mn = min(mn, fill)
+            mx = max(mx, fill)
         out[N, j] = n
         out[SUM, j] = s
         out[M2, j] = max(d2 - d1 * d1 / n, 0.0) if n > 0 else 0.0
@@ -94,7 +105,8 @@ def gene_partials(starts, ends, vals, rows, cell_w, n_sel, fill, out):  # pragma
 
 @jit(nogil=True)
 def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - compiled
-    """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes.
+    """Per cell of the group (``out`` is ``(6, n_rows)``), over the requested genes,
+    whose implicit entries in cell ``r`` hold ``fill[r]``.
 
     One pass, squared deviations shifted by each cell's first value (see
     :func:`gene_partials`). Each cell's accumulators share one cache line, since
@@ -109,7 +121,6 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
         acc[r, 6] = np.inf
         acc[r, 7] = -np.inf
     nan = np.zeros(n_rows, dtype=np.bool_)
-    fill_nan = fill != fill
     for j in range(n_genes):
         for k in range(starts[j], ends[j]):
             r = rows[k]
@@ -131,19 +142,20 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
     for r in range(n_rows):
         a = acc[r]
         imp = n_genes - a[0]
+        f = fill[r]
         if imp > 0:
-            if fill_nan:
+            if f != f:
                 nan[r] = True
             else:
                 if a[1] != a[1]:
-                    a[1] = fill
-                d = fill - a[1]
+                    a[1] = f
+                d = f - a[1]
                 a[2] += imp * d
                 a[3] += imp * d * d
                 a[4] += imp
-                a[5] += imp * fill
-                a[6] = min(a[6], fill)
-                a[7] = max(a[7], fill)
+                a[5] += imp * f
+                a[6] = min(a[6], f)
+                a[7] = max(a[7], f)
         n = a[4]
         out[N, r] = n
         out[SUM, r] = a[5]
@@ -151,6 +163,23 @@ def cell_partials(starts, ends, vals, rows, fill, out):  # pragma: no cover - co
         out[MIN, r] = a[6]
         out[MAX, r] = a[7]
         out[NAN, r] = 1.0 if nan[r] else 0.0
+
+
+def dense_partials(block: np.ndarray, axis: int) -> np.ndarray:
+    """Partial statistics of a dense block along ``axis`` (0: per column, 1: per row)."""
+    with np.errstate(invalid="ignore"):
+        isnan = np.isnan(block)
+        n = (~isnan).sum(axis=axis).astype(np.float64)
+        s = np.where(isnan, 0.0, block).sum(axis=axis)
+        mean = np.where(n > 0, s / np.where(n > 0, n, 1), 0.0)
+        dev = np.where(isnan, 0.0, block - np.expand_dims(mean, axis))
+        out = np.empty((6, n.shape[0]))
+        out[N], out[SUM] = n, s
+        out[M2] = (dev * dev).sum(axis=axis)
+        out[MIN] = np.where(isnan, np.inf, block).min(axis=axis, initial=np.inf)
+        out[MAX] = np.where(isnan, -np.inf, block).max(axis=axis, initial=-np.inf)
+        out[NAN] = isnan.any(axis=axis)
+    return out
 
 
 @jit(nogil=True)

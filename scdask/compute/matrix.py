@@ -22,13 +22,23 @@ class Matrix:
         The DataArray (dimensions ``cell`` and a gene dimension), coordinates included.
     base
         What it selects: parts (stores), cells, genes, a cell mask.
-    expr
-        The elementwise expression applied to the stored values.
+    array
+        The lazy matrix itself: its expression and the per-cell and per-gene operands.
     """
 
     data: Any
     base: Base
-    expr: Expr
+    array: ScdaskArray
+
+    @property
+    def expr(self) -> Expr:
+        """The elementwise expression applied to the stored values."""
+        return self.array._expr
+
+    @property
+    def has_operands(self) -> bool:
+        """Whether the expression uses per-cell or per-gene vectors."""
+        return bool(self.array._cell_ops or self.array._gene_ops)
 
     @property
     def gene_dim(self) -> str:
@@ -39,9 +49,9 @@ class Matrix:
         return np.dtype(self.data.dtype)
 
     @property
-    def fill(self) -> Any:
-        """What the stored zeros become under :attr:`expr`."""
-        return self.expr.fill(self.base.dtype)
+    def fill(self) -> float | None:
+        """What the implicit zeros become under :attr:`expr` (None: it varies by cell or gene)."""
+        return self.array.spec.constant_fill
 
     @property
     def genes(self) -> np.ndarray:
@@ -70,4 +80,4 @@ def as_matrix(data: Any, var: str = "X", *, caller: str) -> Matrix:
     if (not isinstance(x, xr.DataArray) or not isinstance(arr, ScdaskArray) or arr.ndim != 2
             or x.dims[0] != "cell"):
         raise TypeError(f"{caller} needs a cell × gene matrix opened with scdask.open")
-    return Matrix(x, arr._base, arr._expr)
+    return Matrix(x, arr._base, arr)

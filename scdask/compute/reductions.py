@@ -8,80 +8,75 @@ min, max or count, NaN where numpy gives NaN.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from scdask.compute import kernels
-from scdask.compute.expr import Expr
+from scdask.compute.blocks import (
+    CLASS_LIMIT,
+    Spec,
+    block_fill,
+    dense_block,
+    entries,
+    gene_chunks,
+    warn_dense,
+)
 from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
-from scdask.compute.reading import read_gene_runs
-from scdask.compute.selection import Base, GroupSel
 
 
-def _cell_weights(sel: GroupSel, mask: np.ndarray | None) -> tuple[np.ndarray, int, int]:
-    """Per cell of the group: 0 not selected, 1 selected, 2 selected but masked (NaN)."""
-    if sel.local is None and mask is None:
-        return np.zeros(0, np.int8), sel.n_rows, 0
-    w = np.zeros(sel.n_rows, np.int8)
+def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.ndarray:
+    """Per gene, partial statistics over one row group's selected cells: ``(1, 6, genes)``."""
+    sel = sels.reshape(-1)[0]
+    unique, inverse = spec.genes(gpos)
+    cells, genes = spec.split(ops)
+    n_genes = len(inverse)
+    if sel is None:
+        return kernels.empty_partial(n_genes)[None]
+    fill = block_fill(spec, sel, cells, genes, n_genes)
+    if fill.n_classes > CLASS_LIMIT:
+        warn_dense(spec.expr, f"its value at zero takes {fill.n_classes} values in a row group")
+        part = np.concatenate([
+            kernels.dense_partials(dense_block(spec, sel, unique, inverse, cells, genes, fill, q), 0)
+            for q in gene_chunks(sel.count, n_genes)], axis=1)
+        return part[None]
+    with_rows = sel.local is not None or fill.n_classes > 1
+    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, with_rows)
+    lab = np.zeros(0, np.int64)
+    if with_rows:
+        lab = np.full(sel.n_rows, -1, np.int64)
+        lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = fill.labels
+    n_class = np.bincount(fill.labels, minlength=fill.n_classes).astype(np.int64)
+    part = np.empty((6, n_genes))
+    kernels.gene_partials(starts, ends, vals, rows, lab, n_class, fill.table, part)
+    return part[None]
+
+
+def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.ndarray:
+    """Per selected cell of one row group, partial statistics over the genes: ``(6, cells)``."""
+    sel = sels.reshape(-1)[0]
+    if sel is None:
+        return kernels.empty_partial(0)
+    unique, inverse = spec.genes(gpos)
+    cells, genes = spec.split(ops)
+    n_genes = len(inverse)
+    fill = block_fill(spec, sel, cells, genes, n_genes)
+    if fill.per_gene:
+        warn_dense(spec.expr, "its value at zero differs per gene, reduced over genes")
+        part = kernels.empty_partial(sel.count)
+        for q in gene_chunks(sel.count, n_genes):
+            d = dense_block(spec, sel, unique, inverse, cells, genes, fill, q)
+            part = kernels.merge_partials(part, kernels.dense_partials(d, 1))
+        return part
+    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True)
     local = np.arange(sel.n_rows) if sel.local is None else sel.local
-    w[local] = 1
-    n_masked = 0
-    if mask is not None:
-        masked = local[~np.asarray(mask, dtype=bool)]
-        w[masked] = 2
-        n_masked = len(masked)
-    return w, sel.count - n_masked, n_masked
-
-
-def _constant_partial(value: float, count: int, n: int) -> np.ndarray:
-    """The partial of ``count`` entries all equal to ``value``, for ``n`` elements."""
-    p = kernels.empty_partial(n)
-    if count == 0:
-        return p
-    if np.isnan(value):
-        p[NAN] = 1.0
-        return p
-    p[N] = count
-    p[SUM] = count * value
-    p[MIN] = p[MAX] = value
-    return p
-
-
-def gene_partial(sel: GroupSel, unique: np.ndarray | None, n_unique: int, expr: Expr,
-                 fill: float, masked_value: float, mask: np.ndarray | None) -> np.ndarray:
-    """Per-gene partial statistics over the selected cells of one row group.
-
-    Masked cells are NaN before ``expr``: each of their entries is ``masked_value``.
-    """
-    w, n_sel, n_masked = _cell_weights(sel, mask)
-    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, expr, w.size > 0)
-    out = kernels.empty_partial(n_unique)
-    kernels.gene_partials(starts, ends, vals, rows, w, n_sel, fill, out)
-    if n_masked:
-        out = kernels.merge_partials(out, _constant_partial(masked_value, n_masked, n_unique))
-    return out
-
-
-def cell_partial(sel: GroupSel, unique: np.ndarray | None, inverse: np.ndarray | None,
-                 expr: Expr, fill: float, masked_value: float, mask: np.ndarray | None
-                 ) -> np.ndarray:
-    """Per selected cell of one row group, partial statistics over the selected genes."""
-    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, expr, True)
-    if inverse is not None:  # genes in the order selected, repeats included
-        starts, ends = starts[inverse], ends[inverse]
-    out = np.empty((6, sel.n_rows), dtype=np.float64)
-    kernels.cell_partials(starts, ends, vals, rows, fill, out)
-    if sel.local is not None:
-        out = out[:, sel.local]
-    if mask is not None:
-        masked = ~np.asarray(mask, dtype=bool)
-        n_genes = len(starts)
-        out[:, masked] = _constant_partial(masked_value, n_genes, 1)
-    return out
+    row_fill = np.zeros(sel.n_rows)
+    row_fill[local] = fill.cell_fill()
+    out = np.empty((6, sel.n_rows))
+    kernels.cell_partials(starts, ends, vals, rows, row_fill, out)
+    return out if sel.local is None else out[:, sel.local]
 
 
 def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
@@ -108,6 +103,11 @@ def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
             raise ValueError(f"unknown reduction {op!r}")
     if not skipna:
         r = np.where(p[NAN] > 0, np.nan, r)
+    counted = (p[NAN] == 0) | skipna  # no NaN made the result NaN
+    if op == "mean" and ((n == 0) & counted).any():
+        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=2)
+    elif op in ("var", "std") and ((n - ddof <= 0) & counted).any():
+        warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=2)
     if integer and op == "sum":
         # Partials accumulate in float64, exact while no partial sum can reach 2**53:
         # bounded by the largest magnitude times the values counted. Beyond, say so.
@@ -123,23 +123,33 @@ def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
     return r
 
 
-def _merge(*parts: np.ndarray) -> np.ndarray:
-    out = parts[0]
-    for p in parts[1:]:
+def _merge(parts: Any, axis: Any = None, keepdims: bool = True) -> np.ndarray:
+    """Merge a list of partials ``(1, 6, n)`` into one ``(1, 6, n)`` (or ``(6, n)``)."""
+    flat: list[np.ndarray] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, list | tuple):
+            for y in x:
+                walk(y)
+        else:
+            flat.append(x.reshape(x.shape[-2:]))
+
+    walk(parts)
+    out = flat[0]
+    for p in flat[1:]:
         out = kernels.merge_partials(out, p)
-    return out
+    return out[None] if keepdims else out
 
 
-def _finish_genes(p: np.ndarray, inverse: np.ndarray | None, scalar: bool, op: str,
-                  skipna: bool, ddof: int, integer: bool) -> np.ndarray:
+def _chunk(x: np.ndarray, axis: Any = None, keepdims: bool = True) -> np.ndarray:
+    return x
+
+
+def _finish(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool, scalar: bool
+            ) -> np.ndarray:
     if scalar:
-        if inverse is not None:  # repeated genes count as often as selected
-            p = p[:, inverse]
         return finalize(kernels.fold_partials(p), op, skipna, ddof, integer).reshape(())
-    r = finalize(p, op, skipna, ddof, integer)
-    return r if inverse is None else r[inverse]
-
-
+    return finalize(p, op, skipna, ddof, integer)
 
 
 #: numpy functions computed from the description: (statistic, skip NaN).
@@ -153,74 +163,74 @@ REDUCTIONS = {
 }
 
 
-def _masked_value(b: Base, expr: Expr) -> float:
-    """What ``expr`` makes of a masked cell's NaN."""
-    if b.mask is None:
-        return float("nan")
-    with np.errstate(invalid="ignore"):
-        return float(expr.evaluate(np.array([np.nan], dtype=b.dtype))[0])
+class Inputs:
+    """The blockwise inputs of a lazy matrix: its row groups (one block each), its genes
+    and the per-cell and per-gene operands, chunked alike."""
+
+    def __init__(self, spec: Spec, cell_ops: tuple[Any, ...], gene_ops: tuple[Any, ...]) -> None:
+        b = spec.base
+        self.spec = spec
+        self.counts = b.counts
+        groups = np.empty(max(len(b.groups), 1), dtype=object)
+        groups[: len(b.groups)] = b.groups  # an empty selection has one empty block (None)
+        self.sels = da.from_array(groups, chunks=1, asarray=False, name=f"row-groups-{b.token}")
+        self.cell_ops = [_aligned(o, (self.counts,)) for o in cell_ops]
+        self.gene_ops = gene_ops
+
+    def genes(self, chunks: Any) -> tuple[Any, list[Any]]:
+        """Gene positions chunked by ``chunks``, and the per-gene operands chunked alike."""
+        n = self.spec.base.n_sel_genes
+        gpos = da.arange(n, chunks=chunks, dtype=np.int64)
+        return gpos, [_aligned(o, gpos.chunks) for o in self.gene_ops]
+
+    def args(self, gene_chunks: Any, cell_index: str, gene_index: str) -> list[Any]:
+        """Arguments of :func:`dask.array.blockwise`: groups, genes, cell and gene operands."""
+        gpos, gene_ops = self.genes(gene_chunks)
+        out: list[Any] = [self.sels, cell_index, gpos, gene_index]
+        for o in self.cell_ops:
+            out += [o, cell_index]
+        for o in gene_ops:
+            out += [o, gene_index]
+        return out
 
 
-def cell_reduction(b: Base, expr: Expr, op: str, skipna: bool, ddof: int, integer: bool
-                   ) -> da.Array:
+def _aligned(op: Any, chunks: Any) -> Any:
+    if isinstance(op, np.ndarray):
+        return da.from_array(op, chunks=chunks)
+    return op.rechunk(chunks)
+
+
+def _out_dtype(op: str, integer: bool) -> np.dtype:
+    return np.dtype(np.int64 if integer and op in ("sum", "count") else np.float64)
+
+
+def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool) -> Any:
     """Per selected cell, over the selected genes: one task per row group, no combine."""
-    unique, inverse = b.gene_index
-    fill = expr.fill(b.dtype)
-    mval = _masked_value(b, expr)
-    shared = tokenize(b.token, expr)  # partials are the same whatever the statistic
-    name = f"cell-{op}-" + tokenize(shared, op, skipna, ddof)
-    pname = f"cell-partial-{shared}"
-    masks, deps = b.mask_blocks()
-    layer: dict[Any, Any] = {}
-    for i, sel in enumerate(b.groups):
-        part_key = (pname, i)
-        layer[part_key] = (cell_partial, sel, unique, inverse, expr, fill, mval, masks[i])
-        layer[(name, i)] = (finalize, part_key, op, skipna, ddof, integer)
-    counts = tuple(g.count for g in b.groups)
-    out_dtype = np.int64 if integer and op in ("sum", "count") else np.float64
-    if not counts:
-        layer[(name, 0)] = (np.zeros, 0, out_dtype)
-        counts = (0,)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-    result = da.Array(graph, name, (counts,), dtype=out_dtype, meta=np.zeros(0, out_dtype))
-    return result[0] if b.drop_cell else result
+    partials = da.blockwise(cell_block, "ki", *inp.args(-1, "i", "j"), new_axes={"k": 6},
+                            token="cell-partial",
+                            adjust_chunks={"i": inp.counts}, concatenate=True,
+                            align_arrays=False, dtype=np.float64, meta=np.empty((0, 0)),
+                            spec=inp.spec)
+    dtype = _out_dtype(op, integer)
+    result = partials.map_blocks(finalize, token=f"cell-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+                                 drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
+    return result[0] if inp.spec.base.drop_cell else result
 
 
-def gene_reduction(b: Base, expr: Expr, op: str, skipna: bool, ddof: int, integer: bool,
-                   scalar: bool) -> da.Array:
+def gene_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool,
+                   scalar: bool) -> Any:
     """Per selected gene (or one number), over the selected cells: partials, a tree, a finish."""
-    unique, inverse = b.gene_index
-    n_unique = b.n_genes if unique is None else len(unique)
-    fill = expr.fill(b.dtype)
-    mval = _masked_value(b, expr)
-    shared = tokenize(b.token, expr)  # partials are the same whatever the statistic
-    name = f"gene-{op}-" + tokenize(shared, op, skipna, ddof, scalar)
-    pname, cname = f"gene-partial-{shared}", f"gene-combine-{shared}"
-    masks, deps = b.mask_blocks()
-    layer: dict[Any, Any] = {}
-    keys: list[Any] = []
-    for i, sel in enumerate(b.groups):
-        k = (pname, i)
-        layer[k] = (gene_partial, sel, unique, n_unique, expr, fill, mval, masks[i])
-        keys.append(k)
-    if not keys:
-        k = (pname, 0)
-        layer[k] = (kernels.empty_partial, n_unique)
-        keys = [k]
-    level = 0
-    while len(keys) > 1:  # a tree of merges, 8 at a time
-        nxt = []
-        for j in range(0, len(keys), 8):
-            k = (cname, level, j // 8)
-            layer[k] = (_merge, *keys[j : j + 8])
-            nxt.append(k)
-        keys, level = nxt, level + 1
-    out_dtype = np.int64 if integer and op in ("sum", "count") else np.float64
+    partials = da.blockwise(gene_block, "ikg", *inp.args(-1, "i", "g"), new_axes={"k": 6},
+                            token="gene-partial",
+                            concatenate=True, align_arrays=False, dtype=np.float64,
+                            meta=np.empty((0, 0, 0)), spec=inp.spec)
+    total = da.reduction(partials, _chunk, _merge, combine=_merge, axis=0, split_every=8,
+                         concatenate=False, name="gene-partial", dtype=np.float64, meta=np.empty((0, 0)))
+    dtype = _out_dtype(op, integer)
     if scalar:
-        layer[(name,)] = (_finish_genes, keys[0], inverse, True, op, skipna, ddof, integer)
-        graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-        return da.Array(graph, name, (), dtype=out_dtype, meta=np.zeros((), out_dtype))
-    layer[(name, 0)] = (_finish_genes, keys[0], inverse, False, op, skipna, ddof, integer)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-    return da.Array(graph, name, ((b.n_sel_genes,),), dtype=out_dtype,
-                    meta=np.zeros(0, out_dtype))
+        return total.map_blocks(_finish, token=f"gene-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+                                scalar=True, drop_axis=[0, 1], dtype=dtype,
+                                meta=np.empty((), dtype))
+    result = total.map_blocks(_finish, token=f"gene-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+                              scalar=False, drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
+    return result[0] if inp.spec.base.drop_gene else result

@@ -1,8 +1,8 @@
-"""What a lazy matrix is made of: stores as parts, the selected cells and genes, a cell mask.
+"""What a lazy matrix is made of: stores as parts, the selected cells and genes.
 
 A :class:`Base` is resolved to :class:`GroupSel` (the selected cells of one row group),
-the unit every task of :mod:`scdask.compute` works on. ``positions`` turns one axis of
-a numpy-style index into positions.
+the unit every task of :mod:`scdask.compute` works on. :func:`select` resolves a
+numpy-style index to a new base.
 """
 
 from __future__ import annotations
@@ -52,12 +52,11 @@ class GroupSel:
 
 
 class Base:
-    """What a lazy matrix is made of: parts, the selected cells and genes, and a cell mask.
+    """What a lazy matrix is made of: parts, the selected cells and genes.
 
     ``cells`` are sorted global cell positions (``None``: all); ``genes`` are dataset
     gene positions in the order selected, repeats allowed (``None``: all). A dropped
-    axis was indexed with an integer. ``mask`` (numpy or Dask, one bool per selected
-    cell) makes the cells where it is false NaN.
+    axis was indexed with an integer.
     """
 
     def __init__(
@@ -69,7 +68,6 @@ class Base:
         genes: np.ndarray | None = None,
         drop_cell: bool = False,
         drop_gene: bool = False,
-        mask: Any = None,
     ) -> None:
         self.parts = parts
         self.n_genes = n_genes
@@ -78,17 +76,15 @@ class Base:
         self.genes = genes
         self.drop_cell = drop_cell
         self.drop_gene = drop_gene
-        self.mask = mask
         self.n_cells = sum(p.n_cells for p in parts)
-        self.token = tokenize(
-            parts, n_genes, str(self.dtype), cells, genes, drop_cell, drop_gene,
-            None if mask is None else (mask.name if isinstance(mask, da.Array) else tokenize(mask)),
-        )
+        self.token = tokenize(parts, n_genes, str(self.dtype), cells, genes, drop_cell, drop_gene)
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
 
     def replace(self, **kw: Any) -> Base:
         d = dict(parts=self.parts, n_genes=self.n_genes, dtype=self.dtype, cells=self.cells,
-                 genes=self.genes, drop_cell=self.drop_cell, drop_gene=self.drop_gene,
-                 mask=self.mask)
+                 genes=self.genes, drop_cell=self.drop_cell, drop_gene=self.drop_gene)
         d.update(kw)
         return Base(**d)
 
@@ -112,31 +108,44 @@ class Base:
     @functools.cached_property
     def groups(self) -> list[GroupSel]:
         """The row groups holding selected cells, in order."""
-        out: list[GroupSel] = []
-        first = 0
-        for p in self.parts:
-            st = p.store
-            R = st.row_group_size
-            if self.cells is None:
+        if self.cells is None:
+            out: list[GroupSel] = []
+            first = 0
+            for p in self.parts:
+                st = p.store
                 for g in range(st.n_groups):
                     a, b = st.group_rows(g)
                     out.append(GroupSel(p, g, b - a, None, first))
                     first += b - a
+            return out
+        return self.pieces(np.arange(len(self.cells)))
+
+    @functools.cached_property
+    def counts(self) -> tuple[int, ...]:
+        """Selected cells per row group: the chunks along the cells."""
+        return tuple(g.count for g in self.groups) or (0,)
+
+    def pieces(self, pos: np.ndarray) -> list[GroupSel]:
+        """The row groups of the selected cells at sorted positions ``pos`` (``first``: the
+        position of each piece's first cell within ``pos``)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        cells = pos if self.cells is None else self.cells[pos]
+        out: list[GroupSel] = []
+        for p in self.parts:
+            lo = np.searchsorted(cells, p.offset)
+            hi = np.searchsorted(cells, p.offset + p.n_cells)
+            if hi <= lo:
                 continue
-            lo = np.searchsorted(self.cells, p.offset)
-            hi = np.searchsorted(self.cells, p.offset + p.n_cells)
-            local = self.cells[lo:hi] - p.offset
-            if not len(local):
-                continue
+            local = cells[lo:hi] - p.offset
+            R = p.store.row_group_size
             gid = local // R
             bounds = np.flatnonzero(np.diff(gid)) + 1
-            for chunk in np.split(local, bounds):
+            for start, chunk in zip(np.r_[0, bounds], np.split(local, bounds), strict=True):
                 g = int(chunk[0] // R)
-                a, b = st.group_rows(g)
+                a, b = p.store.group_rows(g)
                 n_rows = b - a
                 sel = None if len(chunk) == n_rows else (chunk - a).astype(np.int64)
-                out.append(GroupSel(p, g, n_rows, sel, first))
-                first += len(chunk)
+                out.append(GroupSel(p, g, n_rows, sel, int(lo + start)))
         return out
 
     @functools.cached_property
@@ -149,20 +158,6 @@ class Base:
             return None, None
         u, inv = np.unique(self.genes, return_inverse=True)
         return u, inv
-
-    def mask_blocks(self) -> tuple[list[Any], list[Any]]:
-        """Per group, the mask over its selected cells (a key, an array or None); dependencies."""
-        groups = self.groups
-        if self.mask is None:
-            return [None] * len(groups), []
-        counts = tuple(g.count for g in groups)
-        if isinstance(self.mask, da.Array):
-            m = self.mask.reshape(-1).rechunk((counts,)) if groups else self.mask
-            return [(m.name, i) for i in range(len(groups))], [m]
-        m = np.asarray(self.mask).reshape(-1)
-        return [m[g.first : g.first + g.count] for g in groups], []
-
-
 
 
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -203,3 +198,39 @@ def positions(k: Any, size: int) -> tuple[np.ndarray, bool] | None:
             raise IndexError(f"index out of bounds for an axis of size {size}")
         return a % size if len(a) else a, False
     return None
+
+
+def select(b: Base, key: Any, ndim: int
+           ) -> tuple[Base, np.ndarray | None, np.ndarray | None] | None:
+    """The base a numpy-style ``key`` selects, and the positions it picked along the
+    selected cells and genes (None: all); None when the key needs the generic path."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    if len(key) > ndim or any(k is None for k in key):
+        return None
+    key = key + (slice(None),) * (ndim - len(key))
+    new: dict[str, Any] = {}
+    picked_axes: dict[str, np.ndarray] = {}
+    for dim, k in zip(b.dims, key, strict=True):
+        if isinstance(k, slice) and k == slice(None):
+            continue
+        pos = positions(k, b.n_sel_cells if dim == "cell" else b.n_sel_genes)
+        if pos is None:
+            return None
+        picked, scalar = pos
+        if dim == "cell":
+            cur = np.arange(b.n_cells) if b.cells is None else b.cells
+            cells = cur[picked]
+            if len(cells) > 1 and np.any(np.diff(cells) <= 0):
+                return None  # reordered or repeated cells: the generic path
+            new["cells"], new["drop_cell"] = cells, scalar
+        else:
+            cur = np.arange(b.n_genes) if b.genes is None else b.genes
+            new["genes"], new["drop_gene"] = cur[picked], scalar
+        picked_axes[dim] = picked
+    if not new:
+        return b, None, None
+    return b.replace(**new), picked_axes.get("cell"), picked_axes.get("gene")

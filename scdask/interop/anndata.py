@@ -41,7 +41,8 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X") -> Any:
     m = as_matrix(data, var, caller="to_anndata")
     x, gene_dim = m.data, m.gene_dim
     if m.fill != 0:
-        raise ValueError(f"the selection maps zeros to {m.fill}: it is dense, not an AnnData X")
+        what = "values that vary by cell or gene" if m.fill is None else m.fill
+        raise ValueError(f"the selection maps zeros to {what}: it is dense, not an AnnData X")
     coo = x.data.compute()
     X = coo.to_scipy_sparse().tocsr() if hasattr(coo, "to_scipy_sparse") else coo
     return anndata.AnnData(X=X, obs=_frame(x, "cell", "obs_names"), var=_frame(x, gene_dim, None))

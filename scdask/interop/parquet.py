@@ -221,6 +221,10 @@ def export_parquet(
         )
     if m.fill != 0:
         raise ValueError("the selection maps zeros to non-zeros: it is dense, export it as such")
+    if m.has_operands:
+        raise NotImplementedError(f"export_parquet of an expression with per-cell or per-gene "
+                                  f"operands ({m.expr}) is not supported yet: export the stored "
+                                  "values and apply it in the reading engine")
     out_dir = os.fspath(out_dir)
     stores = list({p.store.url: p.store.loc for p in b.parts}.values())
     check_destination(Location(out_dir), stores, "the export")

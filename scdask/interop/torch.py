@@ -114,8 +114,11 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         m = as_matrix(ds, var, caller="CellDataset")
         x = m.data
         self.base = m.base
-        if self.base.mask is not None:
-            raise ValueError("use where=... (or .where(..., drop=True)) to filter cells")
+        if not m.expr.is_identity:
+            raise ValueError(
+                f"CellDataset streams stored values; this selection is an expression ({m.expr}). "
+                "Use normalize=/log1p= for those transforms, where=... (or .where(..., "
+                "drop=True)) to filter cells")
         self.gene_names = [str(g) for g in np.asarray(x[x.dims[1]].values)]
         genes_sel = self.base.genes
         self.unique, self.inverse = (None, None) if genes_sel is None else np.unique(

@@ -1,0 +1,257 @@
+"""One block of a lazy matrix, as a task sees it: one row group's selected cells × some
+selected genes, the values under the expression, and what the implicit entries hold.
+
+:class:`Spec` is the static part every task of one lazy matrix shares (the base and
+the expression). A task also gets its :class:`~scdask.compute.selection.GroupSel` and
+the per-cell and per-gene operands' values for its cells and genes. The value at zero
+(:class:`Fill`) is cut into classes of cells (:func:`fill_plan`): cells whose per-cell
+operands give the same value at zero share one row of fill values per gene — one class
+for raw counts, two for ``.where(cells)`` (0 and NaN), one per distinct value for a
+per-cell shift.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from scdask.compute.expr import Expr, evaluate, split_fill
+from scdask.compute.reading import read_gene_runs
+from scdask.compute.selection import Base, GroupSel
+
+#: Classes of cells above which a block's value at zero is computed densely.
+CLASS_LIMIT = 16
+#: Elements of one dense piece of a block (the fallback of expressions without structure).
+DENSE_ELEMENTS = 1 << 22
+
+
+class DensePathWarning(UserWarning):
+    """An expression is reduced densely per block: correct, bounded in memory, but slow."""
+
+
+class Spec:
+    """What every task of one lazy matrix shares: the base, the expression, the operands' count."""
+
+    __slots__ = ("base", "expr", "n_cells", "n_genes")
+
+    def __init__(self, base: Base, expr: Expr, n_cells: int, n_genes: int) -> None:
+        self.base, self.expr, self.n_cells, self.n_genes = base, expr, n_cells, n_genes
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (self.base.token, repr(self.expr.tree), self.n_cells, self.n_genes)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Spec, (self.base, self.expr, self.n_cells, self.n_genes))
+
+    @property
+    def constant_fill(self) -> float | None:
+        """The value of every implicit entry when no operand changes it, else None."""
+        rest, parts = split_fill(self.expr.tree, self.base.dtype)
+        if parts or Expr(rest).uses_genes:
+            return None
+        with np.errstate(all="ignore"):
+            return float(np.asarray(evaluate(rest, None, (), ())).reshape(-1)[0])
+
+    def genes(self, gpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(unique, inverse)``: the sorted dataset genes of selected positions ``gpos``."""
+        g = self.base.genes
+        gpos = np.asarray(gpos, dtype=np.int64).reshape(-1)
+        unique, inverse = np.unique(gpos if g is None else g[gpos], return_inverse=True)
+        return unique, inverse.reshape(-1)
+
+    def split(self, ops: tuple[Any, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The block's per-cell and per-gene operand values, as flat arrays."""
+        cells = [np.asarray(o).reshape(-1) for o in ops[: self.n_cells]]
+        genes = [np.asarray(o).reshape(-1) for o in ops[self.n_cells :]]
+        return cells, genes
+
+
+class Fill:
+    """The implicit entries of a block: cell ``p`` holds ``table[labels[p], q]`` for gene ``q``
+    (``table`` has one column when no per-gene operand reaches the value at zero)."""
+
+    __slots__ = ("labels", "table")
+
+    def __init__(self, labels: np.ndarray, table: np.ndarray) -> None:
+        self.labels, self.table = labels, table
+
+    @property
+    def n_classes(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def per_gene(self) -> bool:
+        return self.table.shape[1] > 1
+
+    @property
+    def constant(self) -> float | None:
+        """The one value of every implicit entry, or None when it varies."""
+        if self.n_classes == 1 and not self.per_gene:
+            return float(self.table[0, 0])
+        return None
+
+    def cell_fill(self) -> np.ndarray:
+        """Per cell of the block, its fill (when it does not depend on the gene)."""
+        return self.table[self.labels, 0]
+
+    def dense(self, q: np.ndarray | None = None) -> np.ndarray:
+        """The fill of every (cell, gene) of the block (genes ``q`` of a per-gene table)."""
+        t = self.table if q is None or not self.per_gene else self.table[:, q]
+        return t[self.labels]
+
+
+def fill_plan(expr: Expr, dtype: np.dtype, cells: list[np.ndarray], genes: list[np.ndarray],
+              n_cells: int, n_genes: int) -> Fill:
+    """The value at zero of ``expr`` for a block of ``n_cells`` cells × ``n_genes`` genes."""
+    rest, parts = split_fill(expr.tree, dtype)
+    width = max(n_genes, 1)
+    with np.errstate(all="ignore"):
+        if not parts:
+            value = np.asarray(evaluate(rest, None, (), genes), dtype=np.float64).reshape(-1)
+            row = value if value.size > 1 else value[:1]
+            return Fill(np.zeros(n_cells, np.int64), row.reshape(1, -1).copy())
+        keys = [np.broadcast_to(np.asarray(evaluate(s, None, cells, ())), (n_cells,)) for s in parts]
+        if not Expr(rest).uses_genes:  # one value per cell: the classes are its distinct values
+            value = np.broadcast_to(np.asarray(evaluate(rest, None, (), (), keys), np.float64),
+                                    (n_cells,))
+            uniq, labels = np.unique(value, return_inverse=True)
+            return Fill(labels.reshape(-1).astype(np.int64), uniq.reshape(-1, 1))
+        if n_cells == 0:
+            return Fill(np.zeros(0, np.int64), np.zeros((1, width)))
+        codes = np.stack([np.unique(k, return_inverse=True)[1].reshape(-1) for k in keys], axis=1)
+        _, first, labels = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+        rows = []
+        for i in first:
+            value = np.asarray(evaluate(rest, None, (), genes, [k[i] for k in keys]),
+                               np.float64).reshape(-1)
+            rows.append(np.broadcast_to(value, (width,)) if value.size == 1 else value)
+        return Fill(labels.reshape(-1).astype(np.int64), np.array(rows, dtype=np.float64))
+
+
+def block_fill(spec: Spec, sel: GroupSel | None, cells: list[np.ndarray],
+               genes: list[np.ndarray], n_genes: int) -> Fill:
+    n = 0 if sel is None else sel.count
+    return fill_plan(spec.expr, spec.base.dtype, cells, genes, n, n_genes)
+
+
+def _row_of(sel: GroupSel, missing: int = -1) -> np.ndarray:
+    """Local row of the group → position among its selected cells (``missing`` if not)."""
+    pos = np.full(sel.n_rows, missing, np.int64)
+    pos[np.arange(sel.n_rows) if sel.local is None else sel.local] = np.arange(sel.count)
+    return pos
+
+
+def _take(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of every entry of the runs ``starts[j]:ends[j]``, run after run."""
+    lengths = ends - starts
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
+def entries(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
+            cells: list[np.ndarray], genes: list[np.ndarray], with_rows: bool,
+            native: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block's stored entries, in the block's gene order, under the expression:
+    ``starts, ends, values, rows`` (rows local to the row group).
+
+    Values come as stored when the expression is the identity, else as float64 (in the
+    expression's own dtype with ``native``). ``cells`` and ``genes`` are the operands'
+    values for the block's selected cells and genes.
+    """
+    expr = spec.expr
+    uses_cells, uses_genes = expr.uses_cells, expr.uses_genes
+    with_rows = with_rows or uses_cells
+    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
+    ordered = len(inverse) == len(unique) and bool(np.all(inverse == np.arange(len(inverse))))
+    if not ordered:
+        starts, ends = starts[inverse], ends[inverse]
+    if expr.is_identity:
+        return starts, ends, vals, rows
+    lengths = ends - starts
+    if uses_genes and not ordered:  # per-gene operands need the entries in the block's order
+        take = _take(starts, ends)
+        vals, rows = vals[take], (rows[take] if with_rows else rows)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+    v = vals.astype(spec.base.dtype, copy=False)
+    cell_vals = [c[_row_of(sel, 0)[rows]] for c in cells] if uses_cells else []
+    gene_vals: list[np.ndarray] = []
+    if uses_genes:
+        q = np.repeat(np.arange(len(lengths)), lengths)
+        gene_vals = [g[q] for g in genes]
+    out = np.broadcast_to(expr.evaluate(v, cell_vals, gene_vals), v.shape)
+    return starts, ends, out if native else np.asarray(out, dtype=np.float64), rows
+
+
+def coo(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
+        cells: list[np.ndarray], genes: list[np.ndarray], native: bool = False
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The block's stored entries as ``(cell, gene, value)``: cell among the selected cells
+    of the group, gene among the block's genes, in gene-major order."""
+    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True, native)
+    take = _take(starts, ends)
+    col = np.repeat(np.arange(len(starts)), ends - starts)
+    row = _row_of(sel)[rows[take].astype(np.int64)]
+    keep = row >= 0
+    return row[keep], col[keep], np.asarray(vals)[take][keep]
+
+
+def dense_block(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
+                cells: list[np.ndarray], genes: list[np.ndarray], fill: Fill,
+                q: np.ndarray) -> np.ndarray:
+    """The block's cells × genes ``q`` (positions in the block) as a dense float64 array."""
+    sub_unique, sub_inverse = np.unique(unique[inverse[q]], return_inverse=True)
+    row, col, vals = coo(spec, sel, sub_unique, sub_inverse.reshape(-1), cells,
+                         [g[q] for g in genes])
+    out = np.array(fill.dense(q), dtype=np.float64)
+    out[row, col] = vals
+    return out
+
+
+def gene_chunks(n_cells: int, n_genes: int) -> list[np.ndarray]:
+    """Gene positions in chunks small enough for a dense piece of ``n_cells`` cells."""
+    step = max(1, DENSE_ELEMENTS // max(1, n_cells))
+    return [np.arange(a, min(a + step, n_genes)) for a in range(0, n_genes, step)] or [
+        np.arange(0)]
+
+
+_warned: set[str] = set()
+
+
+def warn_dense(expr: Expr, why: str) -> None:
+    """Say once per expression that it is reduced densely per block."""
+    key = repr(expr.tree)
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"{expr}: {why}; it is computed densely one block at a time (correct, "
+                  "bounded in memory, but slow)", DensePathWarning, stacklevel=3)
+
+
+def view_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec, out_dtype: np.dtype
+               ) -> Any:
+    """One block of the generic view: a row group's selected cells × genes ``gpos``, as
+    ``sparse.COO`` filled with the value at zero, or dense when that value varies."""
+    import sparse
+
+    sel = sels.reshape(-1)[0]
+    unique, inverse = spec.genes(gpos)
+    cells, genes = spec.split(ops)
+    shape = (0 if sel is None else sel.count, len(inverse))
+    constant = spec.constant_fill
+    if constant is None:
+        if sel is None:
+            return np.zeros(shape, out_dtype)
+        fill = block_fill(spec, sel, cells, genes, shape[1])
+        q = np.arange(shape[1])
+        return dense_block(spec, sel, unique, inverse, cells, genes, fill, q).astype(out_dtype)
+    if sel is None:
+        row = col = np.zeros(0, np.int64)
+        vals = np.zeros(0, out_dtype)
+    else:
+        row, col, vals = coo(spec, sel, unique, inverse, cells, genes, native=True)
+    with np.errstate(invalid="ignore"):
+        fill_value = np.asarray(constant).astype(out_dtype)[()]
+    return sparse.COO(np.stack([row, col]), np.asarray(vals).astype(out_dtype, copy=False),
+                      shape=shape, fill_value=fill_value, sorted=False, has_duplicates=False)
