@@ -24,7 +24,13 @@ import pandas as pd
 import xarray as xr
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core.indexes import PandasIndex
-from xarray.core.indexing import IndexingSupport, LazilyIndexedArray, explicit_indexing_adapter
+from xarray.core.indexing import (
+    BasicIndexer,
+    IndexingSupport,
+    LazilyIndexedArray,
+    OuterIndexer,
+    explicit_indexing_adapter,
+)
 
 from scdask.compute import Base, Part, ScdaskArray
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
@@ -44,6 +50,70 @@ class GeneIndex(PandasIndex):
             if not missing:
                 raise
             raise KeyError(_unknown_gene(missing[0], self.index, self.dim)) from e
+
+
+class CellIndex(xr.Index):
+    """The cell-name index: ``ds.sel(cell="<barcode>")``, read (once) only when used.
+
+    It holds the lazily indexed cell names, so opening, ``isel`` and ``where(..., drop=True)``
+    read nothing; the first label lookup reads the names of the selected cells. Two
+    indexes over the same stores and positions are equal without reading them.
+    """
+
+    def __init__(self, array: Any, dim: str, key: Any) -> None:
+        self.array = array
+        self.dim = dim
+        self.key = key  # (stores, positions): what the names are, without reading them
+        self._index: pd.Index | None = None
+
+    @classmethod
+    def from_variables(cls, variables: Any, *, options: Any) -> CellIndex:
+        ((_, var),) = variables.items()
+        return cls(var._data, var.dims[0], ("variable", id(var._data)))
+
+    def create_variables(self, variables: Any = None) -> dict[Any, xr.Variable]:
+        attrs = None if not variables else next(iter(variables.values())).attrs
+        return {self.dim: xr.Variable(self.dim, self.array, attrs)}
+
+    def to_pandas_index(self) -> pd.Index:
+        if self._index is None:
+            self._index = pd.Index(np.asarray(self.array), name=self.dim)
+        return self._index
+
+    def isel(self, indexers: Any) -> CellIndex | None:
+        k = indexers.get(self.dim)
+        if k is None:
+            return self
+        if isinstance(k, int | np.integer) or isinstance(k, xr.Variable) and k.ndim == 0:
+            return None  # a scalar selection drops the dimension
+        k = k.data if isinstance(k, xr.Variable) else k
+        if isinstance(k, slice):
+            key: Any = BasicIndexer((k,))
+        else:
+            k = np.asarray(k)
+            k = np.flatnonzero(k) if k.dtype == bool else k.astype(np.int64)
+            key = OuterIndexer((k,))
+        array = self.array[key] if isinstance(key, BasicIndexer) else self.array.oindex[key]
+        positions = k if isinstance(k, slice) else np.arange(self.array.shape[0])[k]
+        return CellIndex(array, self.dim, (self.key, _token(positions)))
+
+    def sel(self, labels: dict[Any, Any], method: Any = None, tolerance: Any = None) -> Any:
+        return PandasIndex(self.to_pandas_index(), self.dim).sel(
+            labels, method=method, tolerance=tolerance)
+
+    def equals(self, other: Any, **kwargs: Any) -> bool:
+        if not isinstance(other, CellIndex):
+            return False
+        return self.key == other.key or self.to_pandas_index().equals(other.to_pandas_index())
+
+    def _repr_inline_(self, max_width: int) -> str:
+        return "CellIndex (cell names, read when used)"
+
+
+def _token(positions: Any) -> Any:
+    from dask.base import tokenize
+
+    return tokenize(positions)
 
 
 def _unknown_gene(label: Any, index: pd.Index, dim: str) -> str:
@@ -298,7 +368,7 @@ def open(  # noqa: A001 - the name users expect: scdask.open
                              f"{stores[0].url} has {sorted(names)}")
     var, maps = _gene_maps(stores, "X", join) if "X" in names else (pd.DataFrame(), [])
     index = GeneIndex(pd.Index(var.index, name="gene"), "gene")
-    coords = xr.Coordinates(index.create_variables(), {"gene": index})
+    variables, indexes = dict(index.create_variables()), {"gene": index}
     data_vars: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if "X" in names:
@@ -314,11 +384,20 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     if "raw/X" in names:
         rvar, rmaps = _gene_maps(stores, "raw/X", join)
         rindex = GeneIndex(pd.Index(rvar.index, name="raw_gene"), "raw_gene")
-        coords = coords.merge(xr.Coordinates(rindex.create_variables(), {"raw_gene": rindex}))
+        variables.update(rindex.create_variables())
+        indexes["raw_gene"] = rindex
         data_vars["raw"] = (("cell", "raw_gene"), _matrix(stores, "raw/X", rmaps, len(rvar)))
         extra.update({f"raw_{k}": v for k, v in _var_coords(rvar, "raw_gene").items()})
-    extra.update(_obs_coords(stores))
-    ds = xr.Dataset(data_vars, coords=coords)
+    for name, (dims, arr) in data_vars.items():  # xarray's chunks={} / "auto" keep the blocks
+        data_vars[name] = xr.Variable(dims, arr, encoding={"preferred_chunks": dict(
+            zip(dims, arr.chunks, strict=True))})
+    obs = _obs_coords(stores)
+    extra.update(obs)
+    names = obs["obs_names"][1]
+    cell = CellIndex(names, "cell", tuple(st.url for st in stores))
+    variables.update(cell.create_variables())
+    indexes["cell"] = cell
+    ds = xr.Dataset(data_vars, coords=xr.Coordinates(variables, indexes))
     ds = ds.assign_coords(extra)
     ds.attrs["scdask_stores"] = [st.url for st in stores]
     return ds

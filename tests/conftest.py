@@ -13,6 +13,17 @@ SHARED_H5AD = os.environ.get(
 SHARED_FILES = sorted(glob.glob(os.path.join(SHARED_H5AD, "*.h5ad")))
 
 
+#: Whether this run has Dask's array query planning (array-expr) on.
+QUERY_PLANNING = bool(__import__("dask").config.get("array.query-planning", None))
+
+#: Tests of Dask's own generic array path (not scdask's engine), which Dask's query-planned
+#: arrays do not support yet (no reshape, __array__, __array_function__; reordering takes fail).
+generic_dask = pytest.mark.skipif(
+    QUERY_PLANNING, reason="Dask's generic array path under array query planning (dask-expr "
+    "arrays lack reshape, __array__, __array_function__, and reordering takes fail): not "
+    "scdask's engine")
+
+
 def shared_params():
     if not SHARED_FILES:
         return [pytest.param(None, marks=pytest.mark.skip(

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scdask
+from scdask.compute import ScdaskArray
 
 N_CELLS, N_GENES = 230, 37
 
@@ -180,3 +181,83 @@ def test_merged_partials_equal_the_partial_of_the_whole(values, cuts, op, skipna
     scale = max(1.0, float(np.nanmax(np.abs(v))) if len(v) and not np.isnan(v).all() else 1.0)
     tol = 1e-9 * scale**2 if op == "var" else 1e-9 * scale * max(1, len(v))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=tol, err_msg=f"{op} {values}")
+
+
+# -- expressions with per-cell and per-gene operands --------------------------------------------
+
+UNARY = {
+    "log1p|.|": lambda a: np.log1p(abs(a)),
+    "sqrt|.|": lambda a: np.sqrt(abs(a)),
+    "neg": lambda a: -a,
+    "expm1(min(.,3))": lambda a: np.expm1(np.minimum(a, 3)),
+}
+BINARY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/(|.|+1)": lambda a, b: a / (abs(b) + 1),
+    "min": np.minimum,
+    "max": np.maximum,
+}
+
+
+@st.composite
+def trees(draw, depth=3):
+    """A random expression of ``x`` (the matrix), ``c`` (per cell), ``g`` (per gene), constants."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        leaf = draw(st.sampled_from(["x", "c", "g", "const"]))
+        if leaf == "const":
+            k = draw(st.sampled_from([0.0, 1.0, 2.5, -3.0]))
+            return f"{k}", lambda x, c, g, k=k: k
+        return leaf, lambda x, c, g, leaf=leaf: {"x": x, "c": c, "g": g}[leaf]
+    kind = draw(st.sampled_from(["unary", "binary", "binary", "where"]))
+    if kind == "unary":
+        name = draw(st.sampled_from(sorted(UNARY)))
+        s, f = draw(trees(depth - 1))
+        return f"{name}({s})", lambda x, c, g: UNARY[name](f(x, c, g))
+    if kind == "where":
+        k = draw(st.sampled_from([0.0, 2.0]))
+        (sa, fa), (sb, fb) = draw(trees(depth - 1)), draw(trees(depth - 1))
+        return (f"where(x>{k}, {sa}, {sb})",
+                lambda x, c, g: np.where(x > k, fa(x, c, g), fb(x, c, g)))
+    name = draw(st.sampled_from(sorted(BINARY)))
+    (sa, fa), (sb, fb) = draw(trees(depth - 1)), draw(trees(depth - 1))
+    return f"({sa} {name} {sb})", lambda x, c, g: BINARY[name](fa(x, c, g), fb(x, c, g))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(sel=selections(), tree=trees(), op=st.sampled_from(REDUCTIONS),
+       axis=st.sampled_from([None, 0, 1]), lazy_ops=st.booleans())
+def test_operand_expressions_equal_numpy(plate, sel, tree, op, axis, lazy_ops):
+    """Random expression trees with per-cell and per-gene vectors (numpy, or lazy reductions of
+    the same matrix as scanpy's normalize_total and scale use) × selections × reductions."""
+    lazy, dense = plate
+    x, ref = _select(lazy, sel), _select(dense, sel)
+    if ref.ndim != 2 or ref.size == 0:
+        return
+    text, f = tree
+    ref32 = ref.astype(np.float32)
+    rng = np.random.default_rng(len(text))
+    if lazy_ops:  # per-cell totals and per-gene means, computed lazily by the engine itself
+        c, g = x.sum(axis=1)[:, None] + 1.0, x.mean(axis=0)
+        c_ref, g_ref = ref32.astype(np.float64).sum(1)[:, None] + 1.0, ref32.astype(
+            np.float64).mean(0)
+    else:
+        c_ref = rng.choice([0.5, 1.0, 2.0], size=(ref.shape[0], 1))
+        g_ref = rng.normal(size=ref.shape[1])
+        c, g = c_ref, g_ref
+    expr = BINARY["+"](x * 1.0, f(x, c, g))  # always an expression of x
+    if not isinstance(expr, ScdaskArray):
+        return  # a cell × gene operand (c - g, say): not an expression of the engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = np.asarray(getattr(np, op)(expr, axis=axis).compute(), dtype=np.float64)
+        with np.errstate(all="ignore"):
+            values = BINARY["+"](ref32 * 1.0, f(ref32, c_ref, g_ref))
+            if op != "count_nonzero":
+                values = np.asarray(values, dtype=np.float64)
+            want = np.asarray(getattr(np, op)(values, axis=axis), dtype=np.float64)
+    scale = max(1.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * scale**2 * max(ref.shape),
+                               err_msg=f"{op}({text}) axis={axis} lazy_ops={lazy_ops} {sel}")

@@ -19,17 +19,20 @@ Dask's array query planning is on.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import DaskMethodsMixin, tokenize
+from dask.array import PerformanceWarning
+from dask.base import tokenize
 from dask.utils import format_bytes, parse_bytes
 
 from scdask.compute.blocks import Spec, view_block
 from scdask.compute.expr import UFUNCS, Expr, const, ufunc
 from scdask.compute.operands import compose
+from scdask.compute.proxy import DaskProxy, unwrap, wrap
 from scdask.compute.reductions import REDUCTIONS, Inputs, cell_reduction, gene_reduction
 from scdask.compute.selection import Base, normalize_axes, select
 
@@ -43,14 +46,12 @@ class DenseLimitError(MemoryError):
     """A selection is too large to become a dense array."""
 
 
-class ScdaskArray(DaskMethodsMixin):
+class ScdaskArray(DaskProxy):
     """A lazy stored matrix (or a selection or expression of it) that reduces in kernels.
 
     Use it as a Dask array: ``scdask.open`` puts it in an xarray Dataset; anything it does
     not compute itself goes to :meth:`to_dask_array`.
     """
-
-    __array_priority__ = 20
 
     def __init__(self, base: Base, expr: Expr | None = None, cell_ops: tuple[Any, ...] = (),
                  gene_ops: tuple[Any, ...] = ()) -> None:
@@ -58,8 +59,8 @@ class ScdaskArray(DaskMethodsMixin):
         self._expr = expr or Expr()
         self._cell_ops = tuple(cell_ops)
         self._gene_ops = tuple(gene_ops)
-        self.dtype = self._expr.dtype(base.dtype, [o.dtype for o in cell_ops],
-                                      [o.dtype for o in gene_ops])
+        self._dtype = self._expr.dtype(base.dtype, [o.dtype for o in cell_ops],
+                                       [o.dtype for o in gene_ops])
 
     @classmethod
     def from_base(cls, base: Base, expr: Expr | None = None) -> ScdaskArray:
@@ -75,25 +76,8 @@ class ScdaskArray(DaskMethodsMixin):
         return self._base.shape
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    @property
-    def chunks(self) -> tuple[tuple[int, ...], ...]:
-        return self.to_dask_array().chunks
-
-    def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of unsized object")
-        return self.shape[0]
+    def dtype(self) -> np.dtype:
+        return self._dtype
 
     @property
     def spec(self) -> Spec:
@@ -127,38 +111,9 @@ class ScdaskArray(DaskMethodsMixin):
         """The generic view: a :class:`dask.array.Array` of ``sparse.COO`` (or dense) blocks."""
         return self._dask
 
-    def __getattr__(self, name: str) -> Any:
-        # what the description does not answer, the generic view does (rechunk, map_blocks, ...)
-        if name.startswith("__") or "_base" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.to_dask_array(), name)
-
-    def __dask_graph__(self) -> Any:
-        return self._dask.__dask_graph__()
-
-    def __dask_keys__(self) -> Any:
-        return self._dask.__dask_keys__()
-
-    def __dask_layers__(self) -> Any:
-        return self._dask.__dask_layers__()
-
-    def __dask_postcompute__(self) -> Any:
-        return self._dask.__dask_postcompute__()
-
-    def __dask_postpersist__(self) -> Any:
-        return self._dask.__dask_postpersist__()
-
     def __dask_tokenize__(self) -> Any:
         return (type(self).__name__, self._base.token, repr(self._expr.tree),
                 tokenize(self._cell_ops, self._gene_ops))
-
-    @property
-    def __dask_optimize__(self) -> Any:
-        return self._dask.__dask_optimize__
-
-    @property
-    def __dask_scheduler__(self) -> Any:
-        return self._dask.__dask_scheduler__
 
     def __repr__(self) -> str:
         expr = "" if self._expr.is_identity else f", expr={self._expr}"
@@ -188,11 +143,16 @@ class ScdaskArray(DaskMethodsMixin):
             wanted = None
         if wanted == self.chunks:
             return self
-        return self.to_dask_array().rechunk(chunks, **kwargs)
+        warnings.warn(
+            f"rechunking a scdask matrix to {chunks!r} gives a plain Dask array of its sparse "
+            "blocks, off scdask's fast paths (selections, expressions and reductions in "
+            "compiled kernels); keep its own blocks (open without chunks=, or chunks={}) and "
+            "rechunk results instead", PerformanceWarning, stacklevel=2)
+        return wrap(self.to_dask_array().rechunk(chunks, **kwargs))
 
     # -- values out --------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = self.todense().compute()
+        out = np.asarray(unwrap(self.todense()).compute())
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def todense(self) -> da.Array:
@@ -206,20 +166,8 @@ class ScdaskArray(DaskMethodsMixin):
                 ".sum(), scdask.pseudobulk), take it to scanpy with scdask.to_anndata, write "
                 "it with scdask.export_parquet, or raise the limit with "
                 "dask.config.set({'scdask.dense-limit': '4GiB'})")
-        return self.to_dask_array().map_blocks(_dense, dtype=self.dtype,
-                                               meta=np.empty((0,) * self.ndim, self.dtype))
-
-    def __float__(self) -> float:
-        return float(np.asarray(self))
-
-    def __int__(self) -> int:
-        return int(np.asarray(self))
-
-    def __bool__(self) -> bool:
-        return bool(np.asarray(self))
-
-    def __iter__(self) -> Any:
-        return iter(self.to_dask_array())
+        return wrap(self.to_dask_array().map_blocks(
+            _dense, dtype=self.dtype, meta=np.empty((0,) * self.ndim, self.dtype)))
 
     # -- elementwise: compose the expression --------------------------------------
     def _compose(self, build: Any, inputs: tuple[Any, ...]) -> ScdaskArray | None:
@@ -232,8 +180,7 @@ class ScdaskArray(DaskMethodsMixin):
             out = self._compose(lambda *t: ufunc(uf.__name__, t), inputs)
             if out is not None:
                 return out
-        inputs = tuple(_generic(x) for x in inputs)
-        return getattr(uf, method)(*inputs, **kwargs)
+        return super().__array_ufunc__(uf, method, *inputs, **kwargs)
 
     def astype(self, dtype: Any, **kwargs: Any) -> Any:
         dtype = np.dtype(dtype)
@@ -259,11 +206,11 @@ class ScdaskArray(DaskMethodsMixin):
             out = NotImplemented if where is None else where
         elif func is np.clip and args and args[0] is self:
             out = self._clip(*args[1:], **kwargs)
+        elif func in (np.result_type, np.can_cast, np.min_scalar_type):
+            out = func(*(a.dtype if isinstance(a, DaskProxy) else a for a in args), **kwargs)
         if out is not NotImplemented:
             return out
-        args = _tree_generic(args)
-        kwargs = _tree_generic(kwargs)
-        return func(*args, **kwargs)
+        return super().__array_function__(func, types, args, kwargs)
 
     def _clip(self, lo: Any = None, hi: Any = None, **kw: Any) -> Any:
         lo, hi = kw.pop("a_min", lo), kw.pop("a_max", hi)
@@ -281,28 +228,12 @@ class ScdaskArray(DaskMethodsMixin):
         out = self._compose(lambda *t: ufunc(uf.__name__, t), inputs)
         if out is not None:
             return out
-        a, b = (_generic(x) for x in inputs)
-        return uf(a, b)
-
-    def __neg__(self) -> Any:
-        return self.__array_ufunc__(np.negative, "__call__", self)
-
-    def __pos__(self) -> Any:
-        return self
-
-    def __abs__(self) -> Any:
-        return self.__array_ufunc__(np.absolute, "__call__", self)
-
-    def __invert__(self) -> Any:
-        return self.__array_ufunc__(np.invert, "__call__", self)
-
-    def __hash__(self) -> int:
-        return hash(tokenize(self))
+        return super()._binary(uf, other, reflected)
 
     # -- selection: resolved to cells and genes, then to byte ranges when read ---
     def __getitem__(self, key: Any) -> Any:
         out = self._select(key)
-        return self.to_dask_array()[key] if out is None else out
+        return super().__getitem__(key) if out is None else out
 
     def _select(self, key: Any) -> ScdaskArray | None:
         picked = select(self._base, key, self.ndim)
@@ -311,15 +242,15 @@ class ScdaskArray(DaskMethodsMixin):
         base, cells, genes = picked
         if base is self._base:
             return self
-        cell_ops = self._cell_ops if cells is None else tuple(o[cells] for o in self._cell_ops)
-        gene_ops = self._gene_ops if genes is None else tuple(o[genes] for o in self._gene_ops)
+        cell_ops = self._cell_ops if cells is None else tuple(_take(o, cells) for o in self._cell_ops)
+        gene_ops = self._gene_ops if genes is None else tuple(_take(o, genes) for o in self._gene_ops)
         return self._new(self._expr, cell_ops, gene_ops, base)
 
     def transpose(self, *axes: Any) -> Any:
         if axes in ((), (None,)) and self.ndim < 2 or tuple(
                 np.ravel(axes)) == tuple(range(self.ndim)):
             return self
-        return self.to_dask_array().transpose(*axes)
+        return wrap(self.to_dask_array().transpose(*axes))
 
     # -- reductions ------------------------------------------------------------
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, **kw: Any) -> Any:
@@ -345,7 +276,7 @@ class ScdaskArray(DaskMethodsMixin):
     def _reduce_or_dask(self, op: str, axis: Any, **kw: Any) -> Any:
         out = self._reduce(op, False, axis, **kw)
         if out is NotImplemented:
-            return getattr(self.to_dask_array(), op)(axis=axis, **kw)
+            return wrap(getattr(self.to_dask_array(), op)(axis=axis, **kw))
         return out
 
     def _reduce(self, op: str, skipna: bool, axis: Any = None, dtype: Any = None, out: Any = None,
@@ -357,6 +288,11 @@ class ScdaskArray(DaskMethodsMixin):
         if not axes and self.ndim:  # reducing over no axis
             return self if op in ("sum", "mean", "min", "max") else NotImplemented
         kept = [d for i, d in enumerate(b.dims) if i not in axes]
+        if op in ("min", "max") and any(self.shape[i] == 0 for i in axes):
+            empty = ", ".join(f"{self.shape[i]} {b.dims[i]}s" for i in axes)
+            raise ValueError(f"{op} of an empty selection ({empty}): it has no identity, as "
+                             f"numpy's zero-size {op}imum; check the selection (an obs value "
+                             "that does not occur?)")
         integer = self.dtype.kind in "biu"
         inp = self.inputs()
         if "cell" in kept:
@@ -364,36 +300,34 @@ class ScdaskArray(DaskMethodsMixin):
         else:
             result = gene_reduction(inp, op, skipna, ddof, integer, scalar=not kept)
         if keepdims:
-            result = result.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
-        return result
+            result = result[tuple(None if i in axes else slice(None) for i in range(self.ndim))]
+        return wrap(result)
 
 
-def _binary_method(name: str, uf: np.ufunc, reflected: bool = False) -> Any:
-    """``ScdaskArray.<name>``: compose ``uf`` into the expression, else the generic view's."""
+def _take(op: Any, positions: np.ndarray) -> Any:
+    """An operand vector at ``positions`` (repeats and any order allowed), without Dask's
+    fancy indexing: each block takes its own positions in one task."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if isinstance(op, np.ndarray):
+        return op[positions]
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[-1] + 1)):
+        return op[positions[0] : positions[-1] + 1]
+    if len(positions) > 1 and np.any(np.diff(positions) <= 0):
+        op = op.rechunk(-1)  # reordered: one block
+    bounds = np.cumsum((0, *op.chunks[0]))
+    block = np.searchsorted(bounds, positions, side="right") - 1
+    local = np.empty(len(op.chunks[0]), dtype=object)
+    local[:] = [positions[block == b] - bounds[b] for b in range(len(local))]
+    if len(local) == 1:
+        local[0] = positions  # any order, from the one block
+    counts = tuple(len(x) for x in local)
+    idx = da.from_array(local, chunks=1, asarray=False, name=f"take-{tokenize(positions)}")
+    return da.blockwise(_take_block, "i", op, "i", idx, "i", adjust_chunks={"i": counts},
+                        align_arrays=False, dtype=op.dtype, meta=np.empty(0, op.dtype))
 
-    def method(self: ScdaskArray, other: Any) -> Any:
-        return self._binary(uf, other, reflected)
 
-    method.__name__ = name
-    return method
-
-
-for _name, _uf, _reflected in (
-    ("__add__", np.add, False), ("__radd__", np.add, True),
-    ("__sub__", np.subtract, False), ("__rsub__", np.subtract, True),
-    ("__mul__", np.multiply, False), ("__rmul__", np.multiply, True),
-    ("__truediv__", np.true_divide, False), ("__rtruediv__", np.true_divide, True),
-    ("__floordiv__", np.floor_divide, False), ("__rfloordiv__", np.floor_divide, True),
-    ("__mod__", np.remainder, False), ("__rmod__", np.remainder, True),
-    ("__pow__", np.power, False), ("__rpow__", np.power, True),
-    ("__eq__", np.equal, False), ("__ne__", np.not_equal, False),
-    ("__gt__", np.greater, False), ("__ge__", np.greater_equal, False),
-    ("__lt__", np.less, False), ("__le__", np.less_equal, False),
-    ("__and__", np.logical_and, False), ("__rand__", np.logical_and, True),
-    ("__or__", np.logical_or, False), ("__ror__", np.logical_or, True),
-    ("__xor__", np.logical_xor, False), ("__rxor__", np.logical_xor, True),
-):
-    setattr(ScdaskArray, _name, _binary_method(_name, _uf, _reflected))
+def _take_block(block: np.ndarray, local: np.ndarray) -> np.ndarray:
+    return np.asarray(block)[local.reshape(-1)[0]]
 
 
 def _auto(chunks: Any) -> bool:
@@ -406,20 +340,6 @@ def _auto(chunks: Any) -> bool:
 
 def _dense(block: Any) -> np.ndarray:
     return block.todense() if hasattr(block, "todense") else np.asarray(block)
-
-
-def _generic(x: Any) -> Any:
-    return x.to_dask_array() if isinstance(x, ScdaskArray) else x
-
-
-def _tree_generic(x: Any) -> Any:
-    if isinstance(x, ScdaskArray):
-        return x.to_dask_array()
-    if isinstance(x, list | tuple):
-        return type(x)(_tree_generic(y) for y in x)
-    if isinstance(x, dict):
-        return {k: _tree_generic(v) for k, v in x.items()}
-    return x
 
 
 def _meta(dtype: np.dtype, sparse_blocks: bool) -> Any:

@@ -23,6 +23,8 @@ from scdask.compute.selection import Base, GroupSel
 
 #: Classes of cells above which a block's value at zero is computed densely.
 CLASS_LIMIT = 16
+#: Stored entries evaluated at a time (bounds the temporaries of an expression's evaluation).
+EVAL_ENTRIES = 1 << 18
 #: Elements of one dense piece of a block (the fallback of expressions without structure).
 DENSE_ELEMENTS = 1 << 22
 
@@ -96,10 +98,11 @@ class Fill:
         """Per cell of the block, its fill (when it does not depend on the gene)."""
         return self.table[self.labels, 0]
 
-    def dense(self, q: np.ndarray | None = None) -> np.ndarray:
-        """The fill of every (cell, gene) of the block (genes ``q`` of a per-gene table)."""
-        t = self.table if q is None or not self.per_gene else self.table[:, q]
-        return t[self.labels]
+    def dense(self, q: np.ndarray) -> np.ndarray:
+        """The fill of every (cell, gene ``q``) of the block, as a new float64 array."""
+        t = self.table[:, q] if self.per_gene else self.table
+        return np.array(np.broadcast_to(t[self.labels], (len(self.labels), len(q))),
+                        dtype=np.float64)
 
 
 def fill_plan(expr: Expr, dtype: np.dtype, cells: list[np.ndarray], genes: list[np.ndarray],
@@ -149,39 +152,63 @@ def _take(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
 
 
-def entries(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
+def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
             cells: list[np.ndarray], genes: list[np.ndarray], with_rows: bool,
-            native: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The block's stored entries, in the block's gene order, under the expression:
-    ``starts, ends, values, rows`` (rows local to the row group).
+            native: bool = False) -> Any:
+    """The block's stored entries under the expression, a run of genes at a time:
+    ``(j0, j1, starts, ends, values, rows)`` for the block's genes ``j0:j1``, ``starts`` and
+    ``ends`` indexing ``values`` and ``rows`` (rows local to the row group).
 
-    Values come as stored when the expression is the identity, else as float64 (in the
-    expression's own dtype with ``native``). ``cells`` and ``genes`` are the operands'
-    values for the block's selected cells and genes.
+    An identity expression gives one batch of the values as stored. Otherwise each batch
+    holds about :data:`EVAL_ENTRIES` entries as float64 (in the expression's own dtype with
+    ``native``), so evaluating an expression never holds more than a batch of temporaries.
+    ``cells`` and ``genes`` are the operands' values for the block's cells and genes.
     """
     expr = spec.expr
     uses_cells, uses_genes = expr.uses_cells, expr.uses_genes
     with_rows = with_rows or uses_cells
     starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
-    ordered = len(inverse) == len(unique) and bool(np.all(inverse == np.arange(len(inverse))))
-    if not ordered:
-        starts, ends = starts[inverse], ends[inverse]
+    if not (len(inverse) == len(unique) and np.array_equal(inverse, np.arange(len(inverse)))):
+        starts, ends = starts[inverse], ends[inverse]  # the block's order, repeats included
     if expr.is_identity:
-        return starts, ends, vals, rows
+        yield 0, len(starts), starts, ends, vals, rows
+        return
+    dtype = expr.dtype(spec.base.dtype, [c.dtype for c in cells], [g.dtype for g in genes])
     lengths = ends - starts
-    if uses_genes and not ordered:  # per-gene operands need the entries in the block's order
-        take = _take(starts, ends)
-        vals, rows = vals[take], (rows[take] if with_rows else rows)
-        ends = np.cumsum(lengths)
-        starts = ends - lengths
-    v = vals.astype(spec.base.dtype, copy=False)
-    cell_vals = [c[_row_of(sel, 0)[rows]] for c in cells] if uses_cells else []
-    gene_vals: list[np.ndarray] = []
-    if uses_genes:
-        q = np.repeat(np.arange(len(lengths)), lengths)
-        gene_vals = [g[q] for g in genes]
-    out = np.broadcast_to(expr.evaluate(v, cell_vals, gene_vals), v.shape)
-    return starts, ends, out if native else np.asarray(out, dtype=np.float64), rows
+    ends_cum = np.cumsum(lengths)
+    row_of = _row_of(sel, 0) if uses_cells else None
+    j0, n = 0, len(starts)
+    while j0 < n:
+        done = int(ends_cum[j0 - 1]) if j0 else 0
+        j1 = max(j0 + 1, int(np.searchsorted(ends_cum, done + EVAL_ENTRIES, side="right")))
+        idx = _take(starts[j0:j1], ends[j0:j1])
+        v = vals[idx].astype(spec.base.dtype, copy=False)
+        r = rows[idx] if with_rows else rows
+        cell_vals = [c[row_of[r]] for c in cells] if uses_cells else []
+        gene_vals: list[np.ndarray] = []
+        if uses_genes:
+            q = np.repeat(np.arange(j0, j1), lengths[j0:j1])
+            gene_vals = [g[q] for g in genes]
+        out = np.asarray(np.broadcast_to(expr.evaluate(v, cell_vals, gene_vals), v.shape),
+                         dtype=dtype if native else np.float64)
+        e = ends_cum[j0:j1] - done
+        yield j0, j1, e - lengths[j0:j1], e, out, r
+        j0 = j1
+
+
+def entries(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
+            cells: list[np.ndarray], genes: list[np.ndarray], with_rows: bool,
+            native: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All of :func:`batches` as one ``starts, ends, values, rows``."""
+    parts = list(batches(spec, sel, unique, inverse, cells, genes, with_rows, native))
+    if len(parts) == 1:
+        return parts[0][2:]
+    offsets = np.cumsum([0] + [len(p[4]) for p in parts])
+    starts = np.concatenate([p[2] + o for p, o in zip(parts, offsets, strict=False)])
+    ends = np.concatenate([p[3] + o for p, o in zip(parts, offsets, strict=False)])
+    with_rows = with_rows or spec.expr.uses_cells
+    rows = np.concatenate([p[5] for p in parts]) if with_rows else parts[0][5]
+    return starts, ends, np.concatenate([p[4] for p in parts]), rows
 
 
 def coo(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
@@ -204,7 +231,7 @@ def dense_block(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarr
     sub_unique, sub_inverse = np.unique(unique[inverse[q]], return_inverse=True)
     row, col, vals = coo(spec, sel, sub_unique, sub_inverse.reshape(-1), cells,
                          [g[q] for g in genes])
-    out = np.array(fill.dense(q), dtype=np.float64)
+    out = fill.dense(q)
     out[row, col] = vals
     return out
 

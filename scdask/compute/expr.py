@@ -26,7 +26,7 @@ UFUNCS = frozenset({
     "minimum", "maximum", "fmin", "fmax", "clip",
     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal",
     "logical_and", "logical_or", "logical_xor", "logical_not", "isnan", "isinf", "isfinite",
-    "signbit", "invert", "bitwise_and", "bitwise_or",
+    "signbit", "invert", "bitwise_and", "bitwise_or", "bitwise_xor",
 })
 
 

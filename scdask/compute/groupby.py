@@ -23,6 +23,7 @@ import xarray as xr
 from scdask.compute import kernels
 from scdask.compute.blocks import Spec, block_fill, entries
 from scdask.compute.matrix import as_matrix
+from scdask.compute.proxy import wrap
 
 #: Bytes of one dense (groups × genes) accumulator of one statistic.
 BLOCK_BYTES = 16 << 20
@@ -148,8 +149,9 @@ def pseudobulk(
                             meta=np.empty((0, 0)), spec=spec, n_labels=n_labels)
     gene_chunks = partials.chunks[1]
     totals = []
+    bounds = np.cumsum((0, *gene_chunks))
     for j, width in enumerate(gene_chunks):
-        col = partials.blocks[:, j]
+        col = partials[:, bounds[j] : bounds[j + 1]]
         acc = da.reduction(col, _identity, partial(_dense, n_labels=n_labels, n_genes=width),
                            combine=partial(_dense, n_labels=n_labels, n_genes=width), axis=0,
                            split_every=4, concatenate=False, dtype=np.float64,
@@ -175,8 +177,8 @@ def pseudobulk(
         variance = da.maximum(m2, 0) / np.where(dof > 0, dof, np.nan)
     dims = ("group", gene_dim)
     out = xr.Dataset(
-        {"sum": (dims, total["sum"]), "mean": (dims, mean),
-         "count_nonzero": (dims, total["nnz"]), "var": (dims, variance)},
+        {"sum": (dims, wrap(total["sum"])), "mean": (dims, wrap(mean)),
+         "count_nonzero": (dims, wrap(total["nnz"])), "var": (dims, wrap(variance))},
         coords={gene_dim: x[gene_dim].values, "n_cells": ("group", n_cells)},
     )
     index = keys.index.to_frame(index=False)

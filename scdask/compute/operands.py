@@ -16,6 +16,7 @@ import dask.array as da
 import numpy as np
 
 from scdask.compute.expr import Expr, const, fold, renumber
+from scdask.compute.proxy import unwrap
 
 
 def compose(arr: Any, build: Any, inputs: tuple[Any, ...]
@@ -31,7 +32,7 @@ def compose(arr: Any, build: Any, inputs: tuple[Any, ...]
             cell_ops += x._cell_ops
             gene_ops += x._gene_ops
             continue
-        t = _vector(arr, x, cell_ops, gene_ops)
+        t = _vector(arr, unwrap(x), cell_ops, gene_ops)
         if t is None:
             return None
         trees.append(t)
@@ -51,14 +52,16 @@ def _vector(arr: Any, x: Any, cell_ops: list[Any], gene_ops: list[Any]) -> tuple
         return const(x.item() if isinstance(x, np.generic) else x)
     if not isinstance(x, np.ndarray | da.Array) or np.dtype(x.dtype).kind not in "biuf":
         return None
-    if isinstance(x, np.ndarray) and x.size and x.ndim <= arr.ndim and (
-            x.size == 1 or (x.dtype == bool and (x.all() or not x.any()))):
-        # one value, or a condition true (or false) everywhere: a constant
-        return const(x.reshape(-1)[0].item())
+    if isinstance(x, np.ndarray) and x.ndim <= arr.ndim:
+        if x.size == 0:  # along an empty axis: never evaluated, but keep zeros zeros
+            return const(True if x.dtype == bool else 1)
+        if x.size == 1 or (x.dtype == bool and (x.all() or not x.any())):
+            # one value, or a condition true (or false) everywhere: a constant
+            return const(x.reshape(-1)[0].item())
     axis = _vector_axis(tuple(x.shape), arr.shape)
     if axis is None:
         return None
-    flat = x.reshape(-1)
+    flat = _along(x, axis - (arr.ndim - x.ndim))
     if flat.shape[0] != arr.shape[axis]:
         flat = da.broadcast_to(flat, (arr.shape[axis],))
     if arr._base.dims[axis] == "cell":
@@ -66,6 +69,16 @@ def _vector(arr: Any, x: Any, cell_ops: list[Any], gene_ops: list[Any]) -> tuple
         return ("cell", len(cell_ops) - 1)
     gene_ops.append(flat)
     return ("gene", len(gene_ops) - 1)
+
+
+def _along(x: Any, axis: int) -> Any:
+    """The 1-d vector of ``x`` along ``axis`` (its other axes have length 1), without reshape
+    (which Dask's query-planned arrays do not have)."""
+    if x.ndim == 1:
+        return x
+    if axis < 0:  # only length-1 axes: the first element, as a vector of one
+        return x[(0,) * (x.ndim - 1) + (slice(None),)][:1]
+    return x[tuple(slice(None) if i == axis else 0 for i in range(x.ndim))]
 
 
 def _vector_axis(shape: tuple[int, ...], target: tuple[int, ...]) -> int | None:

@@ -13,14 +13,15 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from scdask.compute import kernels
 from scdask.compute.blocks import (
     CLASS_LIMIT,
     Spec,
+    batches,
     block_fill,
     dense_block,
-    entries,
     gene_chunks,
     warn_dense,
 )
@@ -43,14 +44,19 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
             for q in gene_chunks(sel.count, n_genes)], axis=1)
         return part[None]
     with_rows = sel.local is not None or fill.n_classes > 1
-    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, with_rows)
     lab = np.zeros(0, np.int64)
     if with_rows:
         lab = np.full(sel.n_rows, -1, np.int64)
         lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = fill.labels
     n_class = np.bincount(fill.labels, minlength=fill.n_classes).astype(np.int64)
     part = np.empty((6, n_genes))
-    kernels.gene_partials(starts, ends, vals, rows, lab, n_class, fill.table, part)
+    for j0, j1, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes,
+                                                   with_rows):
+        table = fill.table[:, j0:j1] if fill.per_gene else fill.table
+        out = np.empty((6, j1 - j0))
+        kernels.gene_partials(starts, ends, vals, rows, lab, n_class, np.ascontiguousarray(table),
+                              out)
+        part[:, j0:j1] = out
     return part[None]
 
 
@@ -70,13 +76,19 @@ def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
             d = dense_block(spec, sel, unique, inverse, cells, genes, fill, q)
             part = kernels.merge_partials(part, kernels.dense_partials(d, 1))
         return part
-    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True)
     local = np.arange(sel.n_rows) if sel.local is None else sel.local
     row_fill = np.zeros(sel.n_rows)
     row_fill[local] = fill.cell_fill()
-    out = np.empty((6, sel.n_rows))
-    kernels.cell_partials(starts, ends, vals, rows, row_fill, out)
-    return out if sel.local is None else out[:, sel.local]
+    acc = None
+    for _, _, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes, True):
+        out = np.empty((6, sel.n_rows))
+        kernels.cell_partials(starts, ends, vals, rows, row_fill, out)
+        acc = out if acc is None else kernels.merge_partials(acc, out)
+    if acc is None:  # no genes
+        acc = np.empty((6, sel.n_rows))
+        kernels.cell_partials(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                              np.zeros(0, np.int32), row_fill, acc)
+    return acc if sel.local is None else acc[:, sel.local]
 
 
 def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
@@ -200,6 +212,10 @@ def _aligned(op: Any, chunks: Any) -> Any:
     return op.rechunk(chunks)
 
 
+def _name(prefix: str, x: Any, *args: Any) -> str:
+    return f"{prefix}-{tokenize(x, prefix, *args)}"
+
+
 def _out_dtype(op: str, integer: bool) -> np.dtype:
     return np.dtype(np.int64 if integer and op in ("sum", "count") else np.float64)
 
@@ -212,7 +228,7 @@ def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool)
                             align_arrays=False, dtype=np.float64, meta=np.empty((0, 0)),
                             spec=inp.spec)
     dtype = _out_dtype(op, integer)
-    result = partials.map_blocks(finalize, token=f"cell-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+    result = partials.map_blocks(finalize, name=_name(f"cell-{op}", partials, skipna, ddof), op=op, skipna=skipna, ddof=ddof, integer=integer,
                                  drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
     return result[0] if inp.spec.base.drop_cell else result
 
@@ -228,9 +244,9 @@ def gene_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool,
                          concatenate=False, name="gene-partial", dtype=np.float64, meta=np.empty((0, 0)))
     dtype = _out_dtype(op, integer)
     if scalar:
-        return total.map_blocks(_finish, token=f"gene-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+        return total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof, 0), op=op, skipna=skipna, ddof=ddof, integer=integer,
                                 scalar=True, drop_axis=[0, 1], dtype=dtype,
                                 meta=np.empty((), dtype))
-    result = total.map_blocks(_finish, token=f"gene-{op}", op=op, skipna=skipna, ddof=ddof, integer=integer,
+    result = total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof), op=op, skipna=skipna, ddof=ddof, integer=integer,
                               scalar=False, drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
     return result[0] if inp.spec.base.drop_gene else result

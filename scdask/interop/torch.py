@@ -119,6 +119,9 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
                 f"CellDataset streams stored values; this selection is an expression ({m.expr}). "
                 "Use normalize=/log1p= for those transforms, where=... (or .where(..., "
                 "drop=True)) to filter cells")
+        if self.base.n_sel_cells == 0:
+            raise ValueError(f"CellDataset: the selection has no cells (where={where!r}): an "
+                             "epoch would yield nothing; check the obs values")
         self.gene_names = [str(g) for g in np.asarray(x[x.dims[1]].values)]
         genes_sel = self.base.genes
         self.unique, self.inverse = (None, None) if genes_sel is None else np.unique(
