@@ -49,3 +49,29 @@ def tiny_store(tiny_plate, tmp_path_factory):
         warnings.simplefilter("ignore")
         scdask.convert(tiny_plate, dst, row_group_size=1024, chunk_size=4096, workers=0)
     return str(dst)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_plate):
+    """The tiny plate read by anndata, and its X as a dense float64 array."""
+    import anndata
+    import numpy as np
+
+    a = anndata.read_h5ad(tiny_plate)
+    return a, a.X.toarray().astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def ds(tiny_store):
+    import scdask
+
+    return scdask.open(tiny_store)
+
+
+def close(got, want, rtol=1e-9):
+    """``got`` equals ``want`` to ``rtol`` (NaN where NaN), as float64."""
+    import numpy as np
+
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=rtol, atol=1e-12,
+                               equal_nan=True)
+

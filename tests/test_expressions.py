@@ -9,7 +9,6 @@ import sys
 import textwrap
 import warnings
 
-import anndata
 import dask
 import numpy as np
 import pytest
@@ -18,25 +17,9 @@ import xarray as xr
 import scdask
 from scdask.compute import ScdaskArray
 from scdask.compute.array import DenseLimitError
-from tests.conftest import generic_dask
+from tests.conftest import close, generic_dask
 
 pytestmark = pytest.mark.filterwarnings("ignore::anndata.ImplicitModificationWarning")
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_plate):
-    a = anndata.read_h5ad(tiny_plate)
-    return a, a.X.toarray().astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def ds(tiny_store):
-    return scdask.open(tiny_store)
-
-
-def close(got, want, rtol=1e-9):
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=rtol, atol=1e-9,
-                               equal_nan=True)
 
 
 def normalized(ds):

@@ -16,27 +16,11 @@ import scdask
 from scdask.backend import CellIndex
 from scdask.compute import ScdaskArray
 from scdask.format import FormatError
-from tests.conftest import generic_dask
+from tests.conftest import close, generic_dask
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 
 OPS = ["sum", "mean", "var", "std", "min", "max"]
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_plate):
-    a = anndata.read_h5ad(tiny_plate)
-    return a, a.X.toarray().astype(np.float64)
-
-
-@pytest.fixture(scope="module")
-def ds(tiny_store):
-    return scdask.open(tiny_store)
-
-
-def close(got, want):
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=1e-9, atol=1e-12,
-                               equal_nan=True)
 
 
 def test_dataset_layout(ds, ref):
