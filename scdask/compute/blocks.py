@@ -176,15 +176,18 @@ def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
     dtype = expr.dtype(spec.base.dtype, [c.dtype for c in cells], [g.dtype for g in genes])
     lengths = ends - starts
     ends_cum = np.cumsum(lengths)
-    row_of = _row_of(sel, 0) if uses_cells else None
+    # each per-cell operand by local row of the group: one gather per entry, not two
+    by_row = [c[_row_of(sel, 0)] for c in cells] if uses_cells else []
+    contiguous = bool(np.all(starts[1:] == ends[:-1]))  # the runs follow each other
     j0, n = 0, len(starts)
     while j0 < n:
         done = int(ends_cum[j0 - 1]) if j0 else 0
         j1 = max(j0 + 1, int(np.searchsorted(ends_cum, done + EVAL_ENTRIES, side="right")))
-        idx = _take(starts[j0:j1], ends[j0:j1])
+        idx: Any = slice(starts[j0], ends[j1 - 1]) if contiguous else _take(
+            starts[j0:j1], ends[j0:j1])
         v = vals[idx].astype(spec.base.dtype, copy=False)
         r = rows[idx] if with_rows else rows
-        cell_vals = [c[row_of[r]] for c in cells] if uses_cells else []
+        cell_vals = [c[r] for c in by_row]
         gene_vals: list[np.ndarray] = []
         if uses_genes:
             q = np.repeat(np.arange(j0, j1), lengths[j0:j1])
