@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import scdask
 from scdask.compute import ScdaskArray
+from tests.conftest import QUERY_PLANNING
 
 N_CELLS, N_GENES = 230, 37
 
@@ -247,7 +248,12 @@ def test_operand_expressions_equal_numpy(plate, sel, tree, op, axis, lazy_ops):
         c_ref = rng.choice([0.5, 1.0, 2.0], size=(ref.shape[0], 1))
         g_ref = rng.normal(size=ref.shape[1])
         c, g = c_ref, g_ref
-    expr = BINARY["+"](x * 1.0, f(x, c, g))  # always an expression of x
+    try:
+        expr = BINARY["+"](x * 1.0, f(x, c, g))  # always an expression of x
+    except (NotImplementedError, AttributeError):
+        if QUERY_PLANNING:  # an operation on a plain Dask operand that dask-expr lacks
+            return
+        raise
     if not isinstance(expr, ScdaskArray):
         return  # a cell × gene operand (c - g, say): not an expression of the engine
     with warnings.catch_warnings():

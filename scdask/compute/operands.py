@@ -52,6 +52,8 @@ def _vector(arr: Any, x: Any, cell_ops: list[Any], gene_ops: list[Any]) -> tuple
         return const(x.item() if isinstance(x, np.generic) else x)
     if not isinstance(x, np.ndarray | da.Array) or np.dtype(x.dtype).kind not in "biuf":
         return None
+    if isinstance(x, da.Array) and type(getattr(x, "_meta", None)) is not np.ndarray:
+        return None  # blocks of another kind (sparse): not a vector the kernels can take
     if isinstance(x, np.ndarray) and x.ndim <= arr.ndim:
         if x.size == 0:  # along an empty axis: never evaluated, but keep zeros zeros
             return const(True if x.dtype == bool else 1)

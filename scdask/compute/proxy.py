@@ -148,6 +148,10 @@ class DaskProxy(DaskMethodsMixin):
 
     # -- numpy's protocols: Dask computes ---------------------------------------------
     def __array_ufunc__(self, uf: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        plain = type(self).__array_ufunc__ is DaskProxy.__array_ufunc__
+        for x in inputs if plain else ():  # the lazy matrix composes it into its expression
+            if isinstance(x, DaskProxy) and type(x).__array_ufunc__ is not DaskProxy.__array_ufunc__:
+                return type(x).__array_ufunc__(x, uf, method, *inputs, **kwargs)
         return wrap(getattr(uf, method)(*unwrap(inputs), **unwrap(kwargs)))
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
