@@ -94,8 +94,7 @@ class CellIndex(xr.Index):
             k = np.flatnonzero(k) if k.dtype == bool else k.astype(np.int64)
             key = OuterIndexer((k,))
         array = self.array[key] if isinstance(key, BasicIndexer) else self.array.oindex[key]
-        positions = k if isinstance(k, slice) else np.arange(self.array.shape[0])[k]
-        return CellIndex(array, self.dim, (self.key, _token(positions)))
+        return CellIndex(array, self.dim, (self.key, _token(k)))  # k: the positions picked
 
     def sel(self, labels: dict[Any, Any], method: Any = None, tolerance: Any = None) -> Any:
         return PandasIndex(self.to_pandas_index(), self.dim).sel(
@@ -319,7 +318,7 @@ def _matrix(stores: Sequence[Store], name: str, maps: list[Any], n_genes: int) -
     for st, m in zip(stores, maps, strict=True):
         parts.append(Part(st, name, m, offset))
         offset += st.n_obs
-    return ScdaskArray.from_base(Base(tuple(parts), n_genes, dtype))
+    return ScdaskArray(Base(tuple(parts), n_genes, dtype))
 
 
 def _var_coords(var: pd.DataFrame, dim: str) -> dict[str, Any]:

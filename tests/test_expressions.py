@@ -87,6 +87,9 @@ def test_masks_and_clips(ds, ref):
     m = a.obs["drug"].astype(str).values == "DMSO_TF"
     clip = X.mean(0) * 3
     close(np.minimum(ds.X.data, clip).sum(0).compute(), np.minimum(X, clip).sum(0))
+    clipped = np.clip(ds.X.data, min=1, max=3)  # numpy 2.1's names, composed like a_min/a_max
+    assert isinstance(clipped, ScdaskArray)
+    close(clipped.mean(0).compute(), np.clip(X, 1, 3).mean(0))
     masked = normalized(ds).where(ds.drug == "DMSO_TF")
     Y = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
     close(masked.mean("cell").values, Y[m].mean(0))

@@ -62,10 +62,6 @@ class ScdaskArray(DaskProxy):
         self._dtype = self._expr.dtype(base.dtype, [o.dtype for o in cell_ops],
                                        [o.dtype for o in gene_ops])
 
-    @classmethod
-    def from_base(cls, base: Base, expr: Expr | None = None) -> ScdaskArray:
-        return cls(base, expr)
-
     def _new(self, expr: Expr, cell_ops: tuple[Any, ...], gene_ops: tuple[Any, ...],
              base: Base | None = None) -> ScdaskArray:
         return ScdaskArray(base or self._base, expr, cell_ops, gene_ops)
@@ -213,7 +209,9 @@ class ScdaskArray(DaskProxy):
         return super().__array_function__(func, types, args, kwargs)
 
     def _clip(self, lo: Any = None, hi: Any = None, **kw: Any) -> Any:
-        lo, hi = kw.pop("a_min", lo), kw.pop("a_max", hi)
+        # numpy's names: a_min/a_max, and min/max since numpy 2.1
+        lo = kw.pop("a_min", kw.pop("min", lo))
+        hi = kw.pop("a_max", kw.pop("max", hi))
         if kw:
             return NotImplemented
         out: Any = self
@@ -242,13 +240,16 @@ class ScdaskArray(DaskProxy):
         base, cells, genes = picked
         if base is self._base:
             return self
-        cell_ops = self._cell_ops if cells is None else tuple(_take(o, cells) for o in self._cell_ops)
-        gene_ops = self._gene_ops if genes is None else tuple(_take(o, genes) for o in self._gene_ops)
+        cell_ops, gene_ops = self._cell_ops, self._gene_ops
+        if cells is not None:
+            cell_ops = tuple(_take(o, cells) for o in cell_ops)
+        if genes is not None:
+            gene_ops = tuple(_take(o, genes) for o in gene_ops)
         return self._new(self._expr, cell_ops, gene_ops, base)
 
     def transpose(self, *axes: Any) -> Any:
-        if axes in ((), (None,)) and self.ndim < 2 or tuple(
-                np.ravel(axes)) == tuple(range(self.ndim)):
+        order = tuple(range(self.ndim))[::-1] if axes in ((), (None,)) else tuple(np.ravel(axes))
+        if order == tuple(range(self.ndim)):  # the same axes in the same order
             return self
         return wrap(self.to_dask_array().transpose(*axes))
 

@@ -80,10 +80,6 @@ class Expr:
         genes = [np.zeros(1, d) for d in gene_dtypes]
         return self.evaluate(np.zeros(1, dtype), cells, genes).dtype
 
-    def fill(self, dtype: np.dtype) -> float:
-        """The value of every implicit (zero) entry, for an expression without operands."""
-        return float(self.evaluate(np.zeros(1, dtype))[0])
-
 
 def evaluate(t: tuple[Any, ...], v: Any, cells: Any, genes: Any, keys: Any = ()) -> Any:
     """Evaluate tree ``t`` (``("key", i)`` leaves take ``keys[i]``)."""

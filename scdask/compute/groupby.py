@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from scdask.compute import kernels
+from scdask.compute.array import ScdaskArray
 from scdask.compute.blocks import Spec, block_fill, entries
 from scdask.compute.matrix import as_matrix
 from scdask.compute.proxy import wrap
@@ -137,7 +139,12 @@ def pseudobulk(
     codes = grouped.ngroup().to_numpy().astype(np.int64)
     keys = grouped.size()
     n_labels = len(keys)
-    inp = m.array.inputs()
+    arr = m.array
+    if any(isinstance(o, da.Array) for o in arr._cell_ops):
+        # lazy per-cell operands (X.sum("gene")): computed once, for the group sizes below
+        # and every partial, instead of once for each
+        arr = ScdaskArray(arr._base, arr._expr, dask.compute(*arr._cell_ops), arr._gene_ops)
+    inp = arr.inputs()
     n_genes = b.n_sel_genes
     block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
     args = inp.args(block, "i", "g")

@@ -228,7 +228,8 @@ def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool)
                             align_arrays=False, dtype=np.float64, meta=np.empty((0, 0)),
                             spec=inp.spec)
     dtype = _out_dtype(op, integer)
-    result = partials.map_blocks(finalize, name=_name(f"cell-{op}", partials, skipna, ddof), op=op, skipna=skipna, ddof=ddof, integer=integer,
+    result = partials.map_blocks(finalize, name=_name(f"cell-{op}", partials, skipna, ddof),
+                                 op=op, skipna=skipna, ddof=ddof, integer=integer,
                                  drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
     return result[0] if inp.spec.base.drop_cell else result
 
@@ -241,12 +242,14 @@ def gene_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool,
                             concatenate=True, align_arrays=False, dtype=np.float64,
                             meta=np.empty((0, 0, 0)), spec=inp.spec)
     total = da.reduction(partials, _chunk, _merge, combine=_merge, axis=0, split_every=8,
-                         concatenate=False, name="gene-partial", dtype=np.float64, meta=np.empty((0, 0)))
+                         concatenate=False, name="gene-partial", dtype=np.float64,
+                         meta=np.empty((0, 0)))
     dtype = _out_dtype(op, integer)
     if scalar:
-        return total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof, 0), op=op, skipna=skipna, ddof=ddof, integer=integer,
-                                scalar=True, drop_axis=[0, 1], dtype=dtype,
-                                meta=np.empty((), dtype))
-    result = total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof), op=op, skipna=skipna, ddof=ddof, integer=integer,
-                              scalar=False, drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
+        return total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof, 0),
+                                op=op, skipna=skipna, ddof=ddof, integer=integer, scalar=True,
+                                drop_axis=[0, 1], dtype=dtype, meta=np.empty((), dtype))
+    result = total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof),
+                              op=op, skipna=skipna, ddof=ddof, integer=integer, scalar=False,
+                              drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
     return result[0] if inp.spec.base.drop_gene else result

@@ -107,57 +107,36 @@ class Base:
 
     @functools.cached_property
     def groups(self) -> list[GroupSel]:
-        """The row groups holding selected cells, in order."""
+        """The row groups holding selected cells, in order (``first``: the position of each
+        one's first cell in the selection)."""
+        out: list[GroupSel] = []
         if self.cells is None:
-            out: list[GroupSel] = []
             first = 0
             for p in self.parts:
-                st = p.store
-                for g in range(st.n_groups):
-                    a, b = st.group_rows(g)
+                for g in range(p.store.n_groups):
+                    a, b = p.store.group_rows(g)
                     out.append(GroupSel(p, g, b - a, None, first))
                     first += b - a
             return out
-        return self.pieces(np.arange(len(self.cells)))
+        for p in self.parts:
+            lo = np.searchsorted(self.cells, p.offset)
+            hi = np.searchsorted(self.cells, p.offset + p.n_cells)
+            local = self.cells[lo:hi] - p.offset
+            R = p.store.row_group_size
+            bounds = np.flatnonzero(np.diff(local // R)) + 1
+            for start, chunk in zip(np.r_[0, bounds], np.split(local, bounds), strict=True):
+                if not len(chunk):
+                    continue
+                g = int(chunk[0] // R)
+                a, b = p.store.group_rows(g)
+                sel = None if len(chunk) == b - a else (chunk - a).astype(np.int64)
+                out.append(GroupSel(p, g, b - a, sel, int(lo + start)))
+        return out
 
     @functools.cached_property
     def counts(self) -> tuple[int, ...]:
         """Selected cells per row group: the chunks along the cells."""
         return tuple(g.count for g in self.groups) or (0,)
-
-    def pieces(self, pos: np.ndarray) -> list[GroupSel]:
-        """The row groups of the selected cells at sorted positions ``pos`` (``first``: the
-        position of each piece's first cell within ``pos``)."""
-        pos = np.asarray(pos, dtype=np.int64)
-        cells = pos if self.cells is None else self.cells[pos]
-        out: list[GroupSel] = []
-        for p in self.parts:
-            lo = np.searchsorted(cells, p.offset)
-            hi = np.searchsorted(cells, p.offset + p.n_cells)
-            if hi <= lo:
-                continue
-            local = cells[lo:hi] - p.offset
-            R = p.store.row_group_size
-            gid = local // R
-            bounds = np.flatnonzero(np.diff(gid)) + 1
-            for start, chunk in zip(np.r_[0, bounds], np.split(local, bounds), strict=True):
-                g = int(chunk[0] // R)
-                a, b = p.store.group_rows(g)
-                n_rows = b - a
-                sel = None if len(chunk) == n_rows else (chunk - a).astype(np.int64)
-                out.append(GroupSel(p, g, n_rows, sel, int(lo + start)))
-        return out
-
-    @functools.cached_property
-    def gene_index(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``(unique, inverse)``: sorted unique selected genes and ``genes = unique[inverse]``.
-
-        ``(None, None)`` when every gene is selected in order.
-        """
-        if self.genes is None:
-            return None, None
-        u, inv = np.unique(self.genes, return_inverse=True)
-        return u, inv
 
 
 def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
