@@ -134,33 +134,38 @@ def write_random_h5ad(
     seed: int = 0,
     batch: int = 20000,
     compression: str | None = None,
+    fmt: str = "csr",
 ) -> str:
-    """Stream a large random CSR H5AD (int64 indptr) to disk without holding it in memory.
+    """Stream a large random sparse H5AD (int64 indptr) to disk without holding it in memory.
 
-    Each row has ``nnz_per_row`` (at most ``n_vars``) distinct, sorted columns and
-    integer counts. For
-    memory tests: the file can be far larger than the memory of the writer.
+    With ``fmt="csr"``, each row has ``nnz_per_row`` (at most ``n_vars``) distinct,
+    sorted columns; with ``fmt="csc"``, each column has ``n_obs * nnz_per_row // n_vars``
+    distinct, sorted rows. Values are integer counts. For memory tests: the file can be
+    far larger than the memory of the writer.
     """
     import h5py
 
     rng = np.random.default_rng(seed)
     comp = {"compression": compression} if compression else {}
+    n_major, n_minor = (n_obs, n_vars) if fmt == "csr" else (n_vars, n_obs)
+    per = nnz_per_row if fmt == "csr" else n_obs * nnz_per_row // n_vars
     with h5py.File(path, "w") as f:
         f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
         X = f.create_group("X")
-        X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]})
-        total = n_obs * nnz_per_row
+        X.attrs.update({"encoding-type": f"{fmt}_matrix", "encoding-version": "0.1.0",
+                        "shape": [n_obs, n_vars]})
+        total = n_major * per
         data = X.create_dataset("data", shape=(total,), dtype=np.float32, chunks=(1 << 18,), **comp)
         indices = X.create_dataset("indices", shape=(total,), dtype=np.int32, chunks=(1 << 18,), **comp)
-        X.create_dataset("indptr", data=np.arange(n_obs + 1, dtype=np.int64) * nnz_per_row)
-        for a in range(0, n_obs, batch):
-            b = min(n_obs, a + batch)
+        X.create_dataset("indptr", data=np.arange(n_major + 1, dtype=np.int64) * per)
+        for a in range(0, n_major, batch):
+            b = min(n_major, a + batch)
             n = b - a
-            # one column drawn in each of nnz_per_row equal strata: distinct and sorted
-            width = n_vars // nnz_per_row
-            cols = np.arange(nnz_per_row) * width + rng.integers(0, width, (n, nnz_per_row))
-            indices[a * nnz_per_row : b * nnz_per_row] = cols.ravel().astype(np.int32)
-            data[a * nnz_per_row : b * nnz_per_row] = rng.integers(1, 50, n * nnz_per_row).astype(np.float32)
+            # one index drawn in each of `per` equal strata: distinct and sorted
+            width = n_minor // per
+            idx = np.arange(per) * width + rng.integers(0, width, (n, per))
+            indices[a * per : b * per] = idx.ravel().astype(np.int32)
+            data[a * per : b * per] = rng.integers(1, 50, n * per).astype(np.float32)
         from anndata.io import write_elem
 
         write_elem(f, "obs", pd.DataFrame(index=[f"c{i}" for i in range(n_obs)]))

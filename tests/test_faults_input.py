@@ -52,7 +52,7 @@ def test_csc_row_index_out_of_range_is_refused(tmp_path, bad):
         idx[7] = bad
         del f["X/indices"]
         f["X"].create_dataset("indices", data=idx)
-    with pytest.raises(FormatError, match=r"csc\.h5ad: X: rows .*row index outside"):
+    with pytest.raises(FormatError, match=r"csc\.h5ad: X: columns .*row index .* outside"):
         scdask.convert(p, tmp_path / "o.zarr", row_group_size=64, workers=0)
     with pytest.raises(IncompleteStoreError):
         Store(tmp_path / "o.zarr")
@@ -266,6 +266,7 @@ def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
 def test_verify_against_does_not_trust_scdasks_reader(tmp_path, monkeypatch):
     """A reader bug that converts a value wrongly is caught: the reference is anndata + scipy."""
     p, m = _csc(tmp_path)
+    _write(p, m.tocsr())
     from scdask.sources.h5ad import H5ADSource
 
     read_rows = H5ADSource.read_rows

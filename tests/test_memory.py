@@ -46,6 +46,31 @@ def test_conversion_peak_rss_flat_and_under_budget(converted):
     _check_flat({n: peak for n, (_, peak) in converted.items()}, "conversion")
 
 
+@pytest.mark.slow
+def test_csc_conversion_peak_rss_flat_and_under_budget(tmp_path):
+    """A CSC source is read once by column ranges, bucketed by row group on disk: the
+    larger input (1.8 GB of entries in memory) converts within the same budget."""
+    peaks = {}
+    for n_obs in SIZES:
+        src = write_random_h5ad(tmp_path / f"in{n_obs}.h5ad", n_obs, 20_000, NNZ_PER_CELL,
+                                seed=n_obs, fmt="csc", batch=2000)
+        dst = tmp_path / f"out{n_obs}.zarr"
+        code = (
+            "import scdask, sys; scdask.convert(sys.argv[1], sys.argv[2], workers=0, "
+            "row_group_size=4096, progress=False)"
+        )
+        rc, peaks[n_obs] = peak_tree_rss([sys.executable, "-c", code, src, str(dst)])
+        assert rc == 0
+        assert Store(dst).matrix("X")["nnz"] == n_obs * NNZ_PER_CELL
+        if n_obs == SIZES[0]:  # the values, against the source read by anndata
+            import anndata
+
+            from scdask.testing import assert_store_matches_anndata
+
+            assert_store_matches_anndata(Store(dst), anndata.read_h5ad(src))
+    _check_flat(peaks, "CSC conversion")
+
+
 WORK_BUDGET = 300 * 2**20  # memory a streaming path may use beyond its imports and open
 
 SAMPLER = """

@@ -9,7 +9,9 @@ import warnings
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import scdask
 from scdask.store.reader import IncompleteStoreError
@@ -67,6 +69,23 @@ def test_convert_to_and_open_from_s3(tiny_plate, ref, s3):
     sub = ds.where(ds.drug == "DMSO_TF", drop=True)
     m = a.obs["drug"].astype(str).values == "DMSO_TF"
     close(sub.X.sum("gene").values, X[m].sum(1))
+
+
+def test_csc_source_to_s3(tmp_path, s3, monkeypatch):
+    """A CSC source's column pass writes and reads its scratch files on object storage."""
+    from scdask.conversion import spill
+
+    monkeypatch.setattr(spill, "ENTRIES", 500)  # several column ranges
+    m = sp.random(600, 40, density=0.2, format="csc", random_state=5, dtype=np.float32)
+    m.data = np.ceil(m.data * 9)
+    a = anndata.AnnData(X=m, obs=pd.DataFrame(index=[f"c{i}" for i in range(600)]),
+                        var=pd.DataFrame(index=[f"g{j}" for j in range(40)]))
+    a.write_h5ad(tmp_path / "csc.h5ad")
+    url = "s3://scdask-test/csc.zarr"
+    scdask.convert(tmp_path / "csc.h5ad", url, row_group_size=100, workers=0,
+                   storage_options=s3)
+    assert verify(scdask.store.Store(url, s3), against=str(tmp_path / "csc.h5ad")).ok
+    close(scdask.open(url, storage_options=s3).X.sum("cell").values, m.toarray().sum(0))
 
 
 def test_interrupted_conversion_on_s3_does_not_open_and_resumes(tiny_plate, ref, s3):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from scdask.conversion import arrays
+from scdask.conversion.spill import BYTES_PER_ENTRY, column_ranges
 from scdask.format import (
     FORMAT_VERSION,
     ROOT_ATTR,
@@ -101,6 +102,18 @@ def make_plan(
     return plan
 
 
+def check_source(plan: Plan) -> None:
+    """Refuse a source that is gone or changed since the plan was made."""
+    try:
+        st = os.stat(plan.source)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{plan.source}: the conversion source is gone") from None
+    if st.st_size != plan.source_size or st.st_mtime != plan.source_mtime:
+        raise FormatError(
+            f"{plan.source}: changed since the conversion started; rerun with --overwrite"
+        )
+
+
 class UnsupportedDtypeError(FormatError):
     """A matrix holds values of a dtype scdask does not convert."""
 
@@ -149,4 +162,10 @@ def estimate_partition_bytes(source: Source, plan: Plan) -> int:
         stored = np.dtype(m.stored_dtype).itemsize
         sizes = np.array([index, info.dtype.itemsize, 2, stored], dtype=np.int64) * int(nnz)
         np.maximum(largest, sizes, out=largest)
-    return int(largest.sum()) + plan.chunk_size * 8 + _WORKER_BASE_BYTES
+    spill = 0  # a CSC matrix is first read a column range at a time (conversion.spill)
+    for m in plan.matrices:
+        if m.source_format == "csc":
+            offsets = source.column_offsets(m.name)
+            spill = max(spill, int(np.diff(offsets[column_ranges(offsets)]).max(initial=0)))
+    return (max(int(largest.sum()) + plan.chunk_size * 8, spill * BYTES_PER_ENTRY)
+            + _WORKER_BASE_BYTES)

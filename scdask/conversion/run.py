@@ -20,12 +20,14 @@ from scdask.conversion.plan import (
     estimate_partition_bytes,
     make_plan,
 )
+from scdask.conversion.spill import spill_tasks
 from scdask.conversion.steps import (
     METADATA_DONE,
     METADATA_TASK,
     convert_finalise,
     convert_metadata,
     convert_partition,
+    convert_spill,
     init_store,
     partition_marker,
     warn_dropped,
@@ -41,9 +43,12 @@ from scdask.store.location import Location
 _SCRATCH: Scratch | None = None
 
 
-def _convert_task(dst: str, task: int | str, storage_options: dict[str, Any] | None) -> Any:
-    """One task of :func:`convert`: the metadata, or a partition."""
+def _convert_task(dst: str, task: int | str | tuple[str, int],
+                  storage_options: dict[str, Any] | None) -> Any:
+    """One task of :func:`convert`: the metadata, a CSC column range, or a partition."""
     try:
+        if isinstance(task, tuple):
+            return convert_spill(dst, *task, storage_options)
         if task == METADATA_TASK:
             if _SCRATCH is not None:
                 _SCRATCH.clear()  # the metadata task needs memory of its own
@@ -202,6 +207,11 @@ def _convert(source: str | os.PathLike[str], dst: str | os.PathLike[str], row_gr
         plan = init_store(source, dst, row_group_size, chunk_size, codecs, overwrite,
                      storage_options)
         loc = Location(os.fspath(dst), storage_options)
+        # A CSC matrix is read once, by column ranges, before any partition needs it.
+        spills = [(os.fspath(dst), t, storage_options) for t in spill_tasks(loc, plan)]
+        if spills:
+            parallel.run(_convert_task, spills, workers=workers, executor=executor or pool,
+                         progress=progress, desc="read CSC")
         todo: list[int | str] = [i for i in range(plan.n_groups) if not loc.exists(partition_marker(i))]
         if not loc.exists(METADATA_DONE):
             # The metadata task (anndata's import, then obs) takes about two partitions'

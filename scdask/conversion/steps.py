@@ -23,6 +23,7 @@ from typing import Any
 import zarr
 
 from scdask._version import __version__
+from scdask.conversion import spill
 from scdask.conversion.arrays import (
     EVERY_CHUNK,
     WRITE_CONCURRENCY,
@@ -35,6 +36,7 @@ from scdask.conversion.arrays import (
 from scdask.conversion.plan import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_ROW_GROUP_SIZE,
+    check_source,
     make_plan,
     store_state,
 )
@@ -80,7 +82,8 @@ def convert_init(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> Plan:
-    """Start (or resume) a conversion: write the plan, empty arrays and metadata.
+    """Start (or resume) a conversion: write the plan, empty arrays and metadata, and
+    bucket the entries of any CSC matrix by row group (:func:`convert_spill`).
 
     Parameters
     ----------
@@ -108,6 +111,9 @@ def convert_init(
     """
     plan = init_store(source, dst, row_group_size, chunk_size, codecs, overwrite, storage_options)
     warn_dropped(plan.source, convert_metadata(dst, storage_options))
+    loc = Location(os.fspath(dst), storage_options)
+    for name, k in spill.spill_tasks(loc, plan):
+        convert_spill(dst, name, k, storage_options)
     return plan
 
 
@@ -166,6 +172,7 @@ def init_store(
     root.attrs.put({WIP_ATTR: plan.to_dict()})
     for m in plan.matrices:
         create_matrix(root, plan, m)
+    spill.plan_spills(loc, src, plan)
     with loc.open(_INIT_DONE, "wb") as f:
         f.write(b"ok")
     src.close()
@@ -187,7 +194,7 @@ def convert_metadata(
     crcs: dict[str, int] = {}
     root = loc.open_group("r+", crcs)
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
-    _check_source(plan)
+    check_source(plan)
     src = open_source(plan.source, plan.source_kind)
     dropped = _write_metadata(src, loc, root, plan)
     src.close()
@@ -219,6 +226,22 @@ def _write_metadata(src: Source, loc: Location, root: zarr.Group, plan: Plan) ->
     return src.dropped() + kept_uns
 
 
+def convert_spill(dst: str | os.PathLike[str], name: str, k: int,
+                  storage_options: dict[str, Any] | None = None) -> int:
+    """Read column range ``k`` of CSC matrix ``name`` once, bucketing its entries by row
+    group for the partitions (:mod:`scdask.conversion.spill`); return the entries read."""
+    loc = Location(os.fspath(dst), storage_options)
+    plan = Plan.from_dict(loc.open_group("r").attrs[WIP_ATTR])
+    check_source(plan)
+    src = open_source(plan.source, plan.source_kind)
+    try:
+        return spill.spill(loc, src, plan, name, k)
+    except LossyDtypeError as e:
+        raise LossyDtypeError(f"{e}; convert again with narrow=False (--no-narrow)") from None
+    finally:
+        src.close()
+
+
 def convert_partition(
     dst: str | os.PathLike[str], partition: int, storage_options: dict[str, Any] | None = None,
     scratch: Scratch | None = None,
@@ -234,28 +257,31 @@ def convert_partition(
     plan = Plan.from_dict(root.attrs[WIP_ATTR])
     if not 0 <= partition < plan.n_groups:
         raise IndexError(f"{loc}: partition {partition} is outside 0..{plan.n_groups - 1}")
-    _check_source(plan)
+    check_source(plan)
     src = open_source(plan.source, plan.source_kind)
     from scdask.conversion.transpose import to_group  # compiled kernels: imported where they run
     from scdask.format.codecs import implementations
 
     config = {**WRITE_CONFIG, "async.concurrency": WRITE_CONCURRENCY[loc.is_local]}
     with zarr.config.set(config), implementations():
-        nnz = _convert_rows(root, plan, src, partition, to_group, scratch)
+        nnz = _convert_rows(root, loc, plan, src, partition, to_group, scratch)
     src.close()
     with loc.open(partition_marker(partition), "wb") as f:
         f.write(json.dumps({"nnz": nnz, "crc32c": crcs}).encode())
     return nnz
 
 
-def _convert_rows(root: zarr.Group, plan: Plan, src: Source, partition: int,
+def _convert_rows(root: zarr.Group, loc: Location, plan: Plan, src: Source, partition: int,
                   to_group: Any, scratch: Scratch | None) -> dict[str, int]:
     start, stop = plan.group_rows(partition)
     nnz: dict[str, int] = {}
     for m in plan.matrices:
         try:  # the source's errors name the file, element and rows
-            block = src.read_rows(m.name, start, stop, value_dtype=m.stored_dtype,
-                                  scratch=scratch)
+            if m.source_format == "csc":  # bucketed by row group already (one pass)
+                block = spill.gather(loc, plan, m, partition)
+            else:
+                block = src.read_rows(m.name, start, stop, value_dtype=m.stored_dtype,
+                                      scratch=scratch)
         except LossyDtypeError as e:
             raise LossyDtypeError(f"{e}; convert again with narrow=False (--no-narrow)") from None
         try:
@@ -281,17 +307,6 @@ def _convert_rows(root: zarr.Group, plan: Plan, src: Source, partition: int,
         nnz[m.name] = g.nnz
         del c, g
     return nnz
-
-
-def _check_source(plan: Plan) -> None:
-    try:
-        st = os.stat(plan.source)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{plan.source}: the conversion source is gone") from None
-    if st.st_size != plan.source_size or st.st_mtime != plan.source_mtime:
-        raise FormatError(
-            f"{plan.source}: changed since the conversion started; rerun with --overwrite"
-        )
 
 
 def convert_finalise(

@@ -16,7 +16,7 @@ from scdask._jit import jit
 from scdask.format import FormatError, LossyDtypeError
 from scdask.format.blocks import CSRBlock, GroupBlock
 from scdask.sources.scratch import Scratch, empty
-from scdask.store.kernels import gene_stats
+from scdask.store.kernels import gene_stats, segment_stats
 from scdask.store.stats import empty_stats
 
 # Genes per pass of the scatter (see _scatter); 16,384 was fastest on a 2 MB-L2 machine.
@@ -29,18 +29,12 @@ def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f)
 
     Returns ``(first bad entry or -1, some row unsorted, all values fit uint16)``
     (the last checked only with ``check_fits``). Only ``counts`` is accessed out of
-    order, and NaN is tracked by a flag rather than in every min/max, so the pass
-    runs at memory speed.
+    order, and each row's statistics are taken from its values while they are in cache
+    (:func:`~scdask.store.kernels.segment_stats`).
     """
     fits = check_fits
     unsorted = False
     for r in range(indptr.shape[0] - 1):
-        acc = 0.0
-        acc2 = 0.0
-        mn = np.inf
-        mx = -np.inf
-        nan = False
-        cnt = 0
         prev = -1
         for k in range(indptr[r], indptr[r + 1]):
             j = indices[k]
@@ -55,17 +49,13 @@ def _survey(indptr, indices, data, n_cols, check_fits, counts, cell_nnz, cell_f)
             if fits and not (0 < v <= 65535 and v == np.floor(v)):
                 fits = False
             counts[j] += 1
-            cnt += 1
-            acc += v
-            acc2 += v * v
-            nan |= v != v
-            mn = min(mn, v)
-            mx = max(mx, v)
+        # the row's values again, from cache
+        cnt, acc, acc2, mn, mx = segment_stats(data, indptr[r], indptr[r + 1])
         cell_nnz[r] = cnt
         cell_f[r, 0] = acc
         cell_f[r, 1] = acc2
-        cell_f[r, 2] = np.nan if nan else mn
-        cell_f[r, 3] = np.nan if nan else mx
+        cell_f[r, 2] = mn
+        cell_f[r, 3] = mx
     return -1, unsorted, fits
 
 

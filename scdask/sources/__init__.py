@@ -60,6 +60,15 @@ class Source(Protocol):
         """Rows ``[start, stop)`` of matrix ``name``, values cast exactly to
         ``value_dtype`` when given, read into ``scratch``'s buffers when given."""
 
+    def column_offsets(self, name: str) -> np.ndarray:
+        """A CSC matrix's offsets: where each column's stored entries start, then the
+        total (called only for matrices whose ``format`` is ``"csc"``)."""
+
+    def read_columns(self, name: str, start: int, stop: int,
+                     value_dtype: Any = None) -> CSRBlock:
+        """Columns ``[start, stop)`` of CSC matrix ``name`` as rows of its transpose (a
+        conversion reads a CSC matrix this way, once, rather than by rows)."""
+
     def frame(self, name: str) -> pa.Table:
         """The ``obs``, ``var`` or ``raw/var`` table, index in column ``_index``."""
 

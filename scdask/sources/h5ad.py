@@ -9,8 +9,10 @@ on, decodes exactly as ``anndata.read_h5ad`` decodes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import h5py
@@ -20,7 +22,14 @@ from scdask.format import FormatError, LossyDtypeError
 from scdask.format.blocks import CSRBlock
 from scdask.format.tables import ArrowFrameBuilder, dataframe_to_arrow
 from scdask.sources import MatrixInfo
-from scdask.sources.h5slabs import cast, narrowed, read_csc_rows, read_csr_rows, read_dense_rows
+from scdask.sources.h5slabs import (
+    cast,
+    csc_offsets,
+    narrowed,
+    read_csc_rows,
+    read_csr_rows,
+    read_dense_rows,
+)
 from scdask.sources.scratch import Scratch
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported only where frames are read
@@ -209,7 +218,7 @@ class H5ADSource:
         info = self._matrices[name]
         elem = self.file[name]
         vd = np.dtype(value_dtype) if value_dtype is not None else None
-        try:
+        with self._reading(name, f"rows {start}:{stop}"):
             if info.format == "csr":
                 return read_csr_rows(elem, start, stop, info.n_vars, vd, scratch)
             if info.format == "csc":
@@ -219,12 +228,39 @@ class H5ADSource:
             indices, data = narrowed(block.indices, block.data, info.n_vars, vd,
                                       lambda v, dtype, bounds, role: cast(v, dtype, bounds))
             return CSRBlock(block.indptr, indices, data, block.n_cols)
+
+    @contextlib.contextmanager
+    def _reading(self, name: str, what: str) -> Iterator[None]:
+        """Errors while reading ``what`` of matrix ``name``, named with the file."""
+        try:
+            yield
         except LossyDtypeError as e:
-            raise LossyDtypeError(f"{self.path}: {name}: rows {start}:{stop}: {e}") from None
+            raise LossyDtypeError(f"{self.path}: {name}: {what}: {e}") from None
         except FormatError as e:
-            raise self._error(name, f"rows {start}:{stop}: {e}") from None
+            raise self._error(name, f"{what}: {e}") from None
         except OSError as e:
-            raise self._error(name, f"rows {start}:{stop} could not be read ({e})") from e
+            raise self._error(name, f"{what} could not be read ({e})") from e
+
+    def column_offsets(self, name: str) -> np.ndarray:
+        """Where each column of CSC matrix ``name`` starts among its stored entries, and
+        where the last ends (its ``indptr``, checked)."""
+        try:
+            return csc_offsets(self.file[name], self._matrices[name].n_vars)
+        except FormatError as e:
+            raise self._error(name, str(e)) from None
+        except OSError as e:
+            raise self._error(f"{name}/indptr", f"could not be read ({e})") from e
+
+    def read_columns(self, name: str, start: int, stop: int,
+                     value_dtype: np.dtype | str | None = None) -> CSRBlock:
+        """Columns ``start:stop`` of CSC matrix ``name``, as the rows of its transpose
+        (indices are row indices, checked within the cells; values cast and checked
+        as :meth:`read_rows` does)."""
+        info = self._matrices[name]
+        vd = np.dtype(value_dtype) if value_dtype is not None else None
+        with self._reading(name, f"columns {start}:{stop}"):
+            return read_csr_rows(self.file[name], start, stop, info.n_obs, vd,
+                                 index_name="row")
 
     # -- metadata -----------------------------------------------------------------
     def _legacy(self) -> Any:

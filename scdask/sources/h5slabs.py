@@ -21,8 +21,10 @@ _SLAB_BYTES = 64 << 20
 
 def read_csr_rows(
     elem: h5py.Group, start: int, stop: int, n_cols: int, value_dtype: np.dtype | None = None,
-    scratch: Scratch | None = None,
+    scratch: Scratch | None = None, index_name: str = "column",
 ) -> CSRBlock:
+    """Rows ``start:stop`` of a CSR matrix (or columns of a CSC one, whose indices are
+    then row indices: ``index_name`` names them in errors)."""
     indptr = np.asarray(elem["indptr"][start : stop + 1], dtype=np.int64)
     lo, hi = int(indptr[0]), int(indptr[-1])
     if np.any(np.diff(indptr) < 0) or lo < 0 or hi > elem["indices"].shape[0]:
@@ -32,12 +34,13 @@ def read_csr_rows(
     def read(d: h5py.Dataset, dtype: Any, bounds: tuple[int, int] | None, role: str) -> Any:
         return _read_checked(d, lo, hi, dtype, bounds, empty(scratch, role, hi - lo, dtype))
 
-    indices, data = narrowed(elem["indices"], elem["data"], n_cols, value_dtype, read)
+    indices, data = narrowed(elem["indices"], elem["data"], n_cols, value_dtype, read,
+                             index_name)
     return CSRBlock(indptr - lo, indices, data, n_cols)
 
 
 def narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | None,
-              read: Any) -> tuple[np.ndarray, np.ndarray]:
+              read: Any, index_name: str = "column") -> tuple[np.ndarray, np.ndarray]:
     """Column indices (uint16 when every column fits) and values (as ``value_dtype``),
     every one checked: ``read(source, dtype, bounds, role)`` gives the array and the
     first entry outside ``bounds`` or changed by the cast, with its value (``role``,
@@ -45,13 +48,14 @@ def narrowed(indices: Any, values: Any, n_cols: int, value_dtype: np.dtype | Non
     idx, bad, value = read(indices, np.uint16 if n_cols <= 1 << 16 else indices.dtype,
                            (0, n_cols), "indices")
     if bad >= 0:
-        raise FormatError(f"column index {int(value)} at entry {bad} of the slab is outside "
-                          f"0..{n_cols - 1}")
+        raise FormatError(f"{index_name} index {int(value)} at entry {bad} of the slab is "
+                          f"outside 0..{n_cols - 1}")
     if value_dtype is None or value_dtype == values.dtype:
         return idx, read(values, values.dtype, None, "data")[0]
     info = np.iinfo(value_dtype)  # integer counts, narrowed
     data, bad, value = read(values, value_dtype, (info.min, info.max + 1), "data")
     if bad >= 0:
+        value = value.item() if isinstance(value, np.generic) else value
         raise LossyDtypeError(
             f"value {value!r} at entry {bad} of the slab cannot be stored as "
             f"{np.dtype(value_dtype)} (counts are narrowed only when lossless)"
@@ -163,19 +167,28 @@ def read_dense_rows(elem: h5py.Dataset, start: int, stop: int) -> CSRBlock:
     return CSRBlock(indptr, indices, data, n_cols)
 
 
+def csc_offsets(elem: h5py.Group, n_cols: int) -> np.ndarray:
+    """A CSC matrix's ``indptr``, checked: one offset per column plus one, rising from 0
+    to at most the stored entries."""
+    indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
+    n_stored = min(elem["indices"].shape[0], elem["data"].shape[0])
+    if (len(indptr) != n_cols + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
+            or indptr[-1] > n_stored):
+        raise FormatError(f"indptr is not {n_cols + 1} offsets non-decreasing from 0 within "
+                          f"0..{n_stored}")
+    return indptr
+
+
 def read_csc_rows(elem: h5py.Group, start: int, stop: int, n_cols: int, n_rows_all: int
                    ) -> CSRBlock:
     """Rows of a CSC matrix: one streaming pass over all stored entries.
 
-    Checked as strictly as CSR: ``indptr`` has one offset per column plus one, rises
-    from 0 to the stored entries, and every row index lies within ``0..n_rows_all``.
+    Checked as strictly as CSR: ``indptr`` as :func:`csc_offsets` checks it, and every
+    row index within ``0..n_rows_all``. A conversion does not read rows this way (it
+    would pass over every entry once per row group) but buckets columns by row group
+    (:mod:`scdask.conversion.spill`).
     """
-    indptr = np.asarray(elem["indptr"][:], dtype=np.int64)
-    n_stored = elem["indices"].shape[0]
-    if (len(indptr) != n_cols + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
-            or indptr[-1] > min(n_stored, elem["data"].shape[0])):
-        raise FormatError(f"indptr is not {n_cols + 1} offsets non-decreasing from 0 within "
-                          f"0..{n_stored}")
+    indptr = csc_offsets(elem, n_cols)
     nnz = int(indptr[-1])
     itemsize = elem["indices"].dtype.itemsize + elem["data"].dtype.itemsize
     step = max(1, _SLAB_BYTES // itemsize)

@@ -23,31 +23,41 @@ def _max(a, b):  # pragma: no cover - compiled; NaN propagates like numpy's maxi
     return a if a > b else b
 
 
+@jit(inline="always")
+def segment_stats(values, lo, hi):  # pragma: no cover - compiled
+    """Statistics of the non-zero ``values[lo:hi]``: count, sum, sum of squares, min and
+    max (NaN when a value is NaN; min/max are +-inf when none is non-zero)."""
+    acc = 0.0
+    acc2 = 0.0
+    mn = np.inf
+    mx = -np.inf
+    nan = False
+    cnt = 0
+    for k in range(lo, hi):
+        v = np.float64(values[k])
+        if v == 0:
+            continue
+        cnt += 1
+        acc += v
+        acc2 += v * v
+        nan |= v != v
+        mn = min(mn, v)
+        mx = max(mx, v)
+    if nan:
+        return cnt, acc, acc2, np.nan, np.nan
+    return cnt, acc, acc2, mn, mx
+
+
 @jit(nogil=True)
 def _segment_stats(ptr, values, out_nnz, out_f):  # pragma: no cover - compiled
     # out_f columns: sum, sumsq, min, max of stored values; min/max start at +-inf
     for s in range(ptr.shape[0] - 1):
-        acc = 0.0
-        acc2 = 0.0
-        mn = np.inf
-        mx = -np.inf
-        nan = False
-        cnt = 0
-        for k in range(ptr[s], ptr[s + 1]):
-            v = np.float64(values[k])
-            if v == 0:
-                continue
-            cnt += 1
-            acc += v
-            acc2 += v * v
-            nan |= v != v
-            mn = min(mn, v)
-            mx = max(mx, v)
+        cnt, acc, acc2, mn, mx = segment_stats(values, ptr[s], ptr[s + 1])
         out_nnz[s] += cnt
         out_f[s, 0] += acc
         out_f[s, 1] += acc2
-        out_f[s, 2] = _min(out_f[s, 2], np.nan if nan else mn)
-        out_f[s, 3] = _max(out_f[s, 3], np.nan if nan else mx)
+        out_f[s, 2] = _min(out_f[s, 2], mn)
+        out_f[s, 3] = _max(out_f[s, 3], mx)
 
 
 @jit(nogil=True)
