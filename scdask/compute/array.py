@@ -192,10 +192,14 @@ class ScdaskArray(DaskProxy):
             out = self._reduce(op, skipna, *args[1:], **kwargs)
         elif func is np.count_nonzero and args and args[0] is self:
             out = (self != 0).sum(*args[1:], **kwargs)
-        elif func in (np.zeros_like, np.ones_like) and args and args[0] is self and len(args) == 1:
+        elif func in _LIKE and args and args[0] is self and len(args) <= _LIKE[func][0]:
+            kwargs = dict(kwargs)
+            if func is np.full_like:
+                kwargs.setdefault("fill_value", args[1] if len(args) > 1 else None)
             dtype = np.dtype(kwargs.pop("dtype", None) or self.dtype)
-            if not kwargs:
-                value = const(0 if func is np.zeros_like else 1)
+            value = kwargs.pop("fill_value", _LIKE[func][1])
+            if not kwargs and np.ndim(value) == 0 and value is not None:
+                value = const(np.asarray(value).astype(dtype)[()])
                 out = self._new(Expr(("astype", dtype.str, value)), (), ())
         elif func is np.where and len(args) == 3 and not kwargs:
             where = self._compose(lambda c, x, y: ("where", c, x, y), args)
@@ -303,6 +307,10 @@ class ScdaskArray(DaskProxy):
         if keepdims:
             result = result[tuple(None if i in axes else slice(None) for i in range(self.ndim))]
         return wrap(result)
+
+
+#: ``np.*_like`` of the matrix: a constant expression. (arguments, default value)
+_LIKE = {np.zeros_like: (1, 0), np.ones_like: (1, 1), np.full_like: (2, None)}
 
 
 def _take(op: Any, positions: np.ndarray) -> Any:

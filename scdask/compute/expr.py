@@ -168,12 +168,16 @@ def renumber(t: tuple[Any, ...], cells: int, genes: int) -> tuple[Any, ...]:
 
 
 def fold(t: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``t`` with every ``where`` whose condition is a constant replaced by its chosen branch."""
+    """``t`` with every ``where`` whose condition is a constant (or a constant cast to bool)
+    replaced by its chosen branch."""
     kind = t[0]
     if kind == "ufunc":
         return ("ufunc", t[1], tuple(fold(a) for a in t[2]))
     if kind == "astype":
-        return ("astype", t[1], fold(t[2]))
+        x = fold(t[2])
+        if x[0] == "c" and np.dtype(t[1]) == np.bool_:  # a constant condition
+            return ("c", np.asarray(x[1]).astype(t[1])[()])
+        return ("astype", t[1], x)
     if kind == "where":
         c, x, y = (fold(a) for a in t[1:])
         if c[0] == "c":

@@ -26,6 +26,7 @@ from scdask.compute.blocks import (
     warn_dense,
 )
 from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
+from scdask.format import cell_stat_array
 
 
 def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.ndarray:
@@ -60,11 +61,16 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
     return part[None]
 
 
-def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.ndarray:
-    """Per selected cell of one row group, partial statistics over the genes: ``(6, cells)``."""
+def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec,
+               stored: bool = False) -> np.ndarray:
+    """Per selected cell of one row group, partial statistics over the genes: ``(6, cells)``
+    (with ``stored``, from the statistics stored at conversion when they serve)."""
     sel = sels.reshape(-1)[0]
     if sel is None:
         return kernels.empty_partial(0)
+    part = _stored_cells(sel, len(gpos)) if stored else None
+    if part is not None:
+        return part
     unique, inverse = spec.genes(gpos)
     cells, genes = spec.split(ops)
     n_genes = len(inverse)
@@ -89,6 +95,51 @@ def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
         kernels.cell_partials(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
                               np.zeros(0, np.int32), row_fill, acc)
     return acc if sel.local is None else acc[:, sel.local]
+
+
+def _stored_cells(sel: Any, n_genes: int) -> np.ndarray | None:
+    """Partials over every gene of a row group's selected cells, from the per-cell statistics
+    stored at conversion (exact for counts); None where a NaN makes them unusable."""
+    st, name = sel.part.store, sel.part.matrix
+    lo, hi = st.group_rows(sel.group)
+    s, ss, mn, mx = (np.asarray(st.array(f"{name}/{cell_stat_array(k)}")[lo:hi], np.float64)
+                     for k in ("sum", "sumsq", "min", "max"))
+    if n_genes == 0 or np.isnan(s).any() or np.isnan(mn).any():
+        return None
+    out = np.empty((6, len(s)))
+    out[N] = n_genes
+    out[SUM] = s
+    out[M2] = np.maximum(ss - s * s / n_genes, 0.0)
+    out[MIN], out[MAX], out[NAN] = mn, mx, 0.0
+    return out if sel.local is None else out[:, sel.local]
+
+
+def uses_stored_cells(spec: Spec, op: str) -> bool:
+    """Whether a reduction over genes can read the per-cell statistics stored at conversion:
+    the stored values of every gene of stores sharing the dataset's genes (for var and std,
+    integers stored only, e.g. counts: floating-point values would lose precision to
+    cancellation)."""
+    b = spec.base
+    return (_stored_values(spec.expr.tree) and b.genes is None
+            and all(p.gene_map is None for p in b.parts)
+            and (op not in ("var", "std")
+                 or all(_stored_dtype(p).kind in "biu" for p in b.parts)))
+
+
+def _stored_dtype(part: Any) -> np.dtype:
+    m = part.store.matrix(part.matrix)
+    return np.dtype(m.get("stored_dtype") or m["dtype"])
+
+
+def _stored_values(t: tuple[Any, ...]) -> bool:
+    """Whether ``t`` is the stored value, or it with NaN replaced by 0 (xarray's ``skipna``):
+    the same values where no NaN is stored, which :func:`_stored_cells` checks."""
+    if t == ("v",):
+        return True
+    if t[0] != "where" or t[1] != ("ufunc", "isnan", (("v",),)) or t[3] != ("v",):
+        return False
+    zero = t[2][2] if t[2][0] == "astype" else t[2]
+    return zero[0] == "c" and zero[1] == 0
 
 
 def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
@@ -226,7 +277,7 @@ def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool)
                             token="cell-partial",
                             adjust_chunks={"i": inp.counts}, concatenate=True,
                             align_arrays=False, dtype=np.float64, meta=np.empty((0, 0)),
-                            spec=inp.spec)
+                            spec=inp.spec, stored=uses_stored_cells(inp.spec, op))
     dtype = _out_dtype(op, integer)
     result = partials.map_blocks(finalize, name=_name(f"cell-{op}", partials, skipna, ddof),
                                  op=op, skipna=skipna, ddof=ddof, integer=integer,

@@ -303,8 +303,9 @@ class Store:
         else:
             keep = lengths > 0
             pos = np.repeat(a[keep] - starts[keep], lengths[keep]) + np.arange(total)
-            vals = data.get_orthogonal_selection((group, pos))
-            rows = idx.get_orthogonal_selection((group, pos)) if with_indices else empty_rows
+            a, b = a[keep], b[keep]
+            vals = _gather(data, group, a, b, pos)
+            rows = _gather(idx, group, a, b, pos) if with_indices else empty_rows
         if with_indices:
             start, stop = self.group_rows(group)
             self._check_cells(name, group, rows, stop - start)
@@ -401,3 +402,29 @@ def _options_key(options: dict[str, Any] | None) -> str:
 def open_store(url: str, options: str = "null", uuid: str | None = None) -> Store:
     """A :class:`Store` shared by the tasks of one process, checked to be the one opened."""
     return _cached_store(os.fspath(url), options, uuid)
+
+
+#: Chunks read per slice when gathering scattered genes (bounds the bytes held at once).
+_SPAN_CHUNKS = 4
+
+
+def _gather(arr: zarr.Array, group: int, a: np.ndarray, b: np.ndarray, pos: np.ndarray
+            ) -> np.ndarray:
+    """``arr[group, pos]``, ``pos`` the sorted entries of the ranges ``a[j]:b[j]``: the chunks
+    holding them read as plain slices of at most :data:`_SPAN_CHUNKS` chunks, skipping the
+    chunks not needed (cheaper than zarr's orthogonal selection, which checks and groups
+    every index)."""
+    chunk = arr.chunks[1]
+    n_chunks = -(-arr.shape[1] // chunk)
+    mark = np.zeros(n_chunks + 1, np.int64)  # +1 where a range's chunks start, -1 after
+    np.add.at(mark, a // chunk, 1)
+    np.add.at(mark, (b - 1) // chunk + 1, -1)
+    chunks = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
+    out = np.empty(len(pos), arr.dtype)
+    # runs of needed chunks, cut every _SPAN_CHUNKS chunks
+    cut = np.flatnonzero((np.diff(chunks) != 1) | (np.arange(1, len(chunks)) % _SPAN_CHUNKS == 0))
+    for run in np.split(chunks, cut + 1):
+        s, e = int(run[0]) * chunk, min((int(run[-1]) + 1) * chunk, arr.shape[1])
+        o0, o1 = np.searchsorted(pos, [s, e])
+        out[o0:o1] = np.asarray(arr[group, s:e])[pos[o0:o1] - s]
+    return out
