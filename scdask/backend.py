@@ -365,14 +365,13 @@ def open(  # noqa: A001 - the name users expect: scdask.open
         if set(st.matrices) != names:
             raise ValueError(f"{st.url}: has matrices {sorted(st.matrices)}, "
                              f"{stores[0].url} has {sorted(names)}")
-    var, maps = _gene_maps(stores, "X", join) if "X" in names else (pd.DataFrame(), [])
+    var, maps = _gene_maps(stores, "X", join)  # var.parquet, with X or without
     index = GeneIndex(pd.Index(var.index, name="gene"), "gene")
     variables, indexes = dict(index.create_variables()), {"gene": index}
     data_vars: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(_var_coords(var, "gene"))
     if "X" in names:
         data_vars["X"] = (("cell", "gene"), _matrix(stores, "X", maps, len(var)))
-        extra.update(_var_coords(var, "gene"))
         extra.update({k: ("gene", v) for k, v in _gene_stats(stores, "X", maps, len(var)).items()})
         for stat in STATS:
             extra[f"cell_{stat}"] = ("cell", _lazy_cells(

@@ -1,25 +1,25 @@
-"""``scdask.to_anndata``: a (small) selection of a lazy dataset as an in-memory AnnData."""
+"""``scdask.to_anndata``: a selection of a lazy dataset as the AnnData ``read_h5ad`` gives.
+
+X, every layer and raw are read (one Dask computation); obs, var, obsm and varm come from
+the stores' own tables, so their dtypes (categoricals with their categories and order,
+nullable integers and booleans, strings) and index names are the source's; uns is the
+store's. Nothing is added unless asked (``stats=True``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from scdask.compute import as_matrix
+from scdask.compute import Base, Matrix, as_matrix
 
 
-def _frame(x: xr.DataArray, dim: str, index_name: str | None) -> pd.DataFrame:
-    cols = {k: np.asarray(c.values) for k, c in x.coords.items() if c.dims == (dim,) and k != dim}
-    index = cols.pop(index_name) if index_name in cols else (
-        np.asarray(x[dim].values) if dim in x.indexes else np.arange(x.sizes[dim]))
-    return pd.DataFrame(cols, index=pd.Index(np.asarray(index).astype(str)))
-
-
-def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X") -> Any:
-    """Read a selection into memory as an AnnData (CSR X, obs and var from the coordinates).
+def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool = False) -> Any:
+    """Read a selection into memory as the AnnData ``anndata.read_h5ad`` would give.
 
     Parameters
     ----------
@@ -27,22 +27,191 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X") -> Any:
         A Dataset from :func:`scdask.open` or a selection of it (e.g.
         ``ds.isel(cell=slice(0, 10_000)).sel(gene=hvgs)``), or one of its matrices.
     var
-        The matrix to read when ``data`` is a Dataset.
+        The matrix that becomes ``X`` when ``data`` is a Dataset; the other cell × gene
+        matrices become layers (``X`` among them when ``var`` is another), ``raw`` the raw.
+    stats
+        Add per-cell and per-gene statistics of ``X`` (``cell_nnz``, ``cell_sum``,
+        ``gene_nnz``, ``gene_sum``, ...), computed over the selection.
 
     Returns
     -------
     anndata.AnnData
-        ``X`` as ``scipy.sparse.csr_matrix`` in the matrix's dtype; ``obs`` with every
-        per-cell coordinate (index: ``obs_names``); ``var`` with every per-gene one.
-        Everything selected is read: keep selections small enough for memory.
+        ``X`` (``None`` when the store has none) in the matrix's dtype, as the source held
+        it: ``scipy.sparse.csr_matrix`` (``csc_matrix`` from a CSC source, a dense array
+        from a dense one); layers, raw (its own var), obsm and varm of the selected cells
+        and genes; obs and var as stored; uns as stored. Everything selected is read:
+        keep selections small enough for memory.
+
+    Raises
+    ------
+    ValueError
+        If an expression maps the implicit zeros to something else (the result is dense).
+    TypeError
+        If ``data`` is not a scdask dataset or matrix.
     """
     import anndata
 
-    m = as_matrix(data, var, caller="to_anndata")
-    x, gene_dim = m.data, m.gene_dim
+    main, layers, raw = _matrices(data, var)
+    ref = main or next(iter(layers.values()), None) or raw
+    if ref is None:  # no matrix: obs, var and uns
+        if not isinstance(data, xr.Dataset):
+            raise TypeError("to_anndata needs a cell × gene matrix opened with scdask.open")
+        return _without_matrices(data)
+    X, raw_X, *layer_values = dask.compute(*(_sparse(m) for m in (main, raw, *layers.values())))
+    values = dict(zip(layers, layer_values, strict=True))
+    obs = _obs(ref.base)
+    genes = main or next(iter(layers.values()), None)
+    var_frame = _var(genes) if genes is not None else _without_matrices(data).var
+    adata = anndata.AnnData(
+        X=X, obs=obs, var=var_frame, layers=values,
+        obsm=_axis_arrays(ref.base, "obsm"),
+        varm=_axis_arrays(genes.base, "varm", genes) if genes is not None else None,
+        uns=ref.base.parts[0].store.uns())
+    if raw is not None:
+        adata.raw = anndata.AnnData(X=raw_X, obs=pd.DataFrame(index=obs.index), var=_var(raw))
+    if stats and main is not None:
+        _add_stats(adata)
+    return adata
+
+
+def _matrices(data: Any, var: str) -> tuple[Matrix | None, dict[str, Matrix], Matrix | None]:
+    if not isinstance(data, xr.Dataset):
+        return as_matrix(data, caller="to_anndata"), {}, None
+    if var not in data.data_vars and var != "X":
+        raise KeyError(f"{var!r} is not a matrix of this dataset ({', '.join(data.data_vars)})")
+    found = {k: as_matrix(data, str(k), caller="to_anndata") for k, v in data.data_vars.items()
+             if v.ndim == 2 and v.dims[0] == "cell"}
+    raw = found.pop("raw", None) if var != "raw" else None
+    main = found.pop(var, None)
+    return main, found, raw
+
+
+def _sparse(m: Matrix | None) -> Any:
+    """The selection's values, lazily, in the class the source held (None for no matrix)."""
+    if m is None:
+        return None
     if m.fill != 0:
         what = "values that vary by cell or gene" if m.fill is None else m.fill
         raise ValueError(f"the selection maps zeros to {what}: it is dense, not an AnnData X")
-    coo = x.data.compute()
-    X = coo.to_scipy_sparse().tocsr() if hasattr(coo, "to_scipy_sparse") else coo
-    return anndata.AnnData(X=X, obs=_frame(x, "cell", "obs_names"), var=_frame(x, gene_dim, None))
+    formats = {p.store.matrix(p.matrix).get("source_format", "csr") for p in m.base.parts}
+    fmt = formats.pop() if len(formats) == 1 else "csr"
+    return dask.delayed(_as_source_class)(m.data.data, fmt)
+
+
+def _as_source_class(coo: Any, fmt: str) -> Any:
+    import scipy.sparse as sp
+
+    if hasattr(coo, "to_scipy_sparse"):
+        coo = coo.to_scipy_sparse()
+    if fmt == "dense":
+        return np.asarray(coo.todense()) if sp.issparse(coo) else np.asarray(coo)
+    # the *_matrix classes: scanpy before 1.12 does not handle scipy's sparse arrays
+    return sp.csc_matrix(coo) if fmt == "csc" else sp.csr_matrix(coo)
+
+
+def _local(base: Base, part: Any) -> np.ndarray | None:
+    """Positions in ``part``'s store of the selected cells it holds (None: all of them)."""
+    if base.cells is None:
+        return None
+    lo, hi = np.searchsorted(base.cells, [part.offset, part.offset + part.n_cells])
+    return base.cells[lo:hi] - part.offset
+
+
+def _obs(base: Base) -> pd.DataFrame:
+    frames = []
+    for p in base.parts:
+        local = _local(base, p)
+        if local is not None and not len(local):
+            continue
+        obs = p.store.obs()
+        frames.append(obs if local is None else obs.iloc[local])
+    if not frames:
+        return base.parts[0].store.obs().iloc[:0]
+    return _concat(frames)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Frames one after another, categoricals kept (their categories united, in order)."""
+    if len(frames) == 1:
+        return frames[0]
+    out = pd.concat(frames)
+    for col in frames[0].columns:
+        dtypes = [f[col].dtype for f in frames]
+        if all(isinstance(d, pd.CategoricalDtype) for d in dtypes):
+            cats = pd.Index(dict.fromkeys(c for d in dtypes for c in d.categories))
+            out[col] = pd.Categorical(out[col], categories=cats,
+                                      ordered=all(d.ordered for d in dtypes))
+    return out
+
+
+def _gene_rows(m: Matrix) -> np.ndarray:
+    """The selected genes' rows in the first store's var (of this matrix)."""
+    gm = m.base.parts[0].gene_map
+    return m.genes if gm is None else np.asarray(gm)[m.genes]
+
+
+def _var(m: Matrix) -> pd.DataFrame:
+    p = m.base.parts[0]
+    return p.store.var(p.matrix).iloc[_gene_rows(m)]
+
+
+def _axis_arrays(base: Base, axis: str, m: Matrix | None = None) -> dict[str, np.ndarray]:
+    """obsm of the selected cells (from every store), or varm of the selected genes."""
+    st0 = base.parts[0].store
+    out: dict[str, np.ndarray] = {}
+    for key in st0.attrs.get(axis, []):
+        if axis == "varm":
+            out[key] = _rows(st0.array(f"varm/{key}"), None if m is None else _gene_rows(m))
+            continue
+        pieces = []
+        for p in base.parts:
+            if key not in p.store.attrs.get("obsm", []):
+                break
+            pieces.append(_rows(p.store.array(f"obsm/{key}"), _local(base, p)))
+        else:
+            out[key] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    return out
+
+
+def _rows(arr: Any, rows: np.ndarray | None) -> np.ndarray:
+    """Rows ``rows`` (all when None) of a stored array, reading only their chunks."""
+    if rows is None:
+        return np.asarray(arr[:])
+    return np.asarray(arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1)))
+
+
+def _without_matrices(ds: xr.Dataset) -> Any:
+    """The AnnData of a dataset without matrices (a file without X): obs, var, obsm, varm
+    and uns from its stores; a selection of its cells or genes is taken by name."""
+    import anndata
+
+    from scdask.store.reader import Store
+
+    stores = [Store(u) for u in ds.attrs.get("scdask_stores") or []]
+    if not stores:
+        raise TypeError("to_anndata needs a dataset opened with scdask.open")
+    obs = _concat([st.obs() for st in stores])
+    var = stores[0].var()
+    cells = np.arange(len(obs))
+    if "cell" in ds.dims and ds.sizes["cell"] != len(obs):
+        cells = obs.index.get_indexer(np.asarray(ds["obs_names"].values))
+    genes = np.arange(len(var))
+    if "gene" in ds.dims and ds.sizes["gene"] != len(var):
+        genes = var.index.get_indexer(np.asarray(ds["gene"].values))
+    obsm = {}
+    for key in stores[0].attrs.get("obsm", []):
+        whole = np.concatenate([_rows(st.array(f"obsm/{key}"), None) for st in stores])
+        obsm[key] = whole[cells]
+    varm = {k: _rows(stores[0].array(f"varm/{k}"), genes) for k in stores[0].attrs.get("varm", [])}
+    return anndata.AnnData(obs=obs.iloc[cells], var=var.iloc[genes], obsm=obsm, varm=varm,
+                           uns=stores[0].uns())
+
+
+def _add_stats(adata: Any) -> None:
+    """Per-cell and per-gene statistics of ``adata.X``, over the selection."""
+    import scipy.sparse as sp
+
+    X = adata.X
+    for axis, frame, prefix in ((1, adata.obs, "cell"), (0, adata.var, "gene")):
+        frame[f"{prefix}_nnz"] = (X != 0).sum(axis) if not sp.issparse(X) else X.getnnz(axis)
+        frame[f"{prefix}_sum"] = np.asarray(X.sum(axis, dtype=np.float64)).reshape(-1)
