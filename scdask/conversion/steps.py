@@ -33,6 +33,7 @@ from scdask.conversion.arrays import (
     file_checksums,
     finalise_matrix,
 )
+from scdask.conversion.pairwise import write_pairwise
 from scdask.conversion.plan import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_ROW_GROUP_SIZE,
@@ -221,6 +222,11 @@ def _write_metadata(src: Source, loc: Location, root: zarr.Group, plan: Plan) ->
         step = R if axis == "obsm" else max(1, arr.shape[0])
         for a in range(0, arr.shape[0], step):
             z[a : a + step] = arr[a : a + step]
+    for key, element in src.pairwise().items():
+        try:
+            write_pairwise(root, plan, key, element)
+        except FormatError as e:
+            raise FormatError(f"{plan.source}: {e}") from None
     uns = src.uns()  # read before asking what was dropped: unreadable elements are among them
     kept_uns = write_uns(loc, uns)
     return src.dropped() + kept_uns
@@ -341,8 +347,8 @@ def convert_finalise(
     with implementations():
         for m in plan.matrices:
             matrices[m.name] = finalise_matrix(root, checked[f"{WIP_DIR}/{m.name}"], plan, m)
-    obsm = sorted(root["obsm"].array_keys()) if "obsm" in root else []
-    varm = sorted(root["varm"].array_keys()) if "varm" in root else []
+    obsm, varm, obsp, varp = (sorted(root[a].keys()) if a in root else []
+                              for a in ("obsm", "varm", "obsp", "varp"))
     if plan.format_version >= 2:
         written: dict[str, int] = {}  # every chunk's CRC, as each task wrote it
         for marker in [METADATA_DONE, *map(partition_marker, range(plan.n_groups))]:
@@ -358,6 +364,8 @@ def convert_finalise(
                 "matrices": matrices,
                 "obsm": obsm,
                 "varm": varm,
+                "obsp": obsp,
+                "varp": varp,
                 "row_group_size": plan.row_group_size,
                 "source": os.path.basename(plan.source),
                 "created_by": f"scdask {__version__}",

@@ -67,6 +67,8 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool =
         obsm=_axis_arrays(ref.base, "obsm"),
         varm=_axis_arrays(genes.base, "varm", genes) if genes is not None else None,
         uns=ref.base.parts[0].store.uns())
+    for axis in ("obsp", "varp"):
+        getattr(adata, axis).update(_pairwise(ref.base, axis, genes))
     if raw is not None:
         adata.raw = anndata.AnnData(X=raw_X, obs=pd.DataFrame(index=obs.index), var=_var(raw))
     if stats and main is not None:
@@ -171,6 +173,21 @@ def _axis_arrays(base: Base, axis: str, m: Matrix | None = None) -> dict[str, np
         else:
             out[key] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
     return out
+
+
+def _pairwise(base: Base, axis: str, genes: Matrix | None) -> dict[str, Any]:
+    """obsp of the selected cells, varp of the selected genes (one store only: the pairs
+    between plates are unknown, so several plates give none, as ``anndata.concat`` does)."""
+    from scdask.store.pairwise import pairwise_keys, read_pairwise
+
+    if len(base.parts) != 1 or (axis == "varp" and genes is None):
+        return {}
+    p = base.parts[0]
+    rows = _local(base, p) if axis == "obsp" else _gene_rows(genes)
+    if axis == "varp" and genes.base.genes is None and genes.base.parts[0].gene_map is None:
+        rows = None
+    return {key: read_pairwise(p.store, f"{axis}/{key}", rows)
+            for key in pairwise_keys(p.store, axis)}
 
 
 def _rows(arr: Any, rows: np.ndarray | None) -> np.ndarray:

@@ -75,6 +75,10 @@ class Source(Protocol):
     def obsm_varm(self) -> dict[str, Any]:
         """Dense ``obsm/*`` and ``varm/*`` arrays (h5py datasets or numpy arrays)."""
 
+    def pairwise(self) -> dict[str, Any]:
+        """Numeric ``obsp/*`` and ``varp/*``: a dense array, or ``(format, shape, indptr,
+        indices, data)`` of a CSR or CSC matrix (arrays sliceable: h5py or numpy)."""
+
     def uns(self) -> dict[str, Any]:
         """The ``uns`` mapping."""
 

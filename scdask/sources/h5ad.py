@@ -322,6 +322,39 @@ class H5ADSource:
                     self._dropped.append(f"{axis}/{key} ({enc})")
         return out
 
+    def pairwise(self) -> dict[str, Any]:
+        """``obsp/*`` and ``varp/*`` with numeric values: a dense array (h5py dataset or
+        numpy), or ``(format, shape, indptr, indices, data)`` of a CSR/CSC matrix."""
+        out: dict[str, Any] = {}
+        self._dropped = getattr(self, "_dropped", [])
+        if self.legacy:
+            import scipy.sparse as sp
+
+            adata = self._legacy()
+            for axis in ("obsp", "varp"):
+                for key, value in getattr(adata, axis).items():
+                    if sp.issparse(value) and value.format in ("csr", "csc"):
+                        out[f"{axis}/{key}"] = (value.format, value.shape, value.indptr,
+                                                value.indices, value.data)
+                    elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                        out[f"{axis}/{key}"] = value
+                    else:
+                        self._dropped.append(f"{axis}/{key} ({type(value).__name__})")
+            return out
+        for axis in ("obsp", "varp"):
+            for key, elem in (self.file.get(axis) or {}).items():
+                enc = _decode(elem.attrs.get("encoding-type", type(elem).__name__))
+                if isinstance(elem, h5py.Dataset) and elem.ndim == 2 and elem.dtype.kind in "biuf":
+                    out[f"{axis}/{key}"] = elem
+                elif (enc in ("csr_matrix", "csc_matrix") and isinstance(elem, h5py.Group)
+                      and elem["data"].dtype.kind in "biuf"):
+                    shape = tuple(int(n) for n in elem.attrs["shape"])
+                    out[f"{axis}/{key}"] = (enc[:3], shape, elem["indptr"], elem["indices"],
+                                            elem["data"])
+                else:
+                    self._dropped.append(f"{axis}/{key} ({enc})")
+        return out
+
     def uns(self) -> dict[str, Any]:
         if self.legacy:
             return dict(self._legacy().uns)
@@ -343,9 +376,6 @@ class H5ADSource:
 
     def dropped(self) -> list[str]:
         out = list(getattr(self, "_dropped", []))
-        for key in ("obsp", "varp"):
-            if key in self.file:
-                out.extend(f"{key}/{k} (pairwise matrices are not stored)" for k in self.file[key])
         raw = self.file.get("raw")
         if isinstance(raw, h5py.Group) and "varm" in raw:
             out.extend(f"raw/varm/{k}" for k in raw["varm"])
