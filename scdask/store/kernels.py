@@ -86,3 +86,15 @@ def cell_stats(g: GroupBlock) -> tuple[np.ndarray, np.ndarray]:
     nnz, f = empty_stats(g.n_rows)
     _index_stats(g.indices, g.data, nnz, f)
     return nnz, f
+
+
+@jit(nogil=True)
+def copy_overlaps(buf, s, a, b, starts, j0, j1, out):  # pragma: no cover - compiled
+    """Copy into ``out[starts[j]:...]`` the part of range ``a[j]:b[j]`` that ``buf`` holds
+    (``buf`` holds entries ``s:s + len(buf)``), for the ranges ``j0:j1``."""
+    e = s + buf.shape[0]
+    for j in range(j0, j1):
+        lo = max(a[j], s)
+        hi = min(b[j], e)
+        o = starts[j] + lo - a[j]
+        out[o : o + hi - lo] = buf[lo - s : hi - s]

@@ -302,10 +302,9 @@ class Store:
             rows = idx[group, lo:hi] if with_indices else empty_rows
         else:
             keep = lengths > 0
-            pos = np.repeat(a[keep] - starts[keep], lengths[keep]) + np.arange(total)
-            a, b = a[keep], b[keep]
-            vals = _gather(data, group, a, b, pos)
-            rows = _gather(idx, group, a, b, pos) if with_indices else empty_rows
+            a, b, first = a[keep], b[keep], starts[keep]
+            vals = _gather(data, group, a, b, first, total)
+            rows = _gather(idx, group, a, b, first, total) if with_indices else empty_rows
         if with_indices:
             start, stop = self.group_rows(group)
             self._check_cells(name, group, rows, stop - start)
@@ -408,23 +407,25 @@ def open_store(url: str, options: str = "null", uuid: str | None = None) -> Stor
 _SPAN_CHUNKS = 4
 
 
-def _gather(arr: zarr.Array, group: int, a: np.ndarray, b: np.ndarray, pos: np.ndarray
-            ) -> np.ndarray:
-    """``arr[group, pos]``, ``pos`` the sorted entries of the ranges ``a[j]:b[j]``: the chunks
-    holding them read as plain slices of at most :data:`_SPAN_CHUNKS` chunks, skipping the
-    chunks not needed (cheaper than zarr's orthogonal selection, which checks and groups
-    every index)."""
+def _gather(arr: zarr.Array, group: int, a: np.ndarray, b: np.ndarray, starts: np.ndarray,
+            total: int) -> np.ndarray:
+    """The entries of the ranges ``a[j]:b[j]`` (sorted, non-empty) of ``arr[group]``, one
+    range after another from ``starts[j]``: the chunks holding them read as plain slices of
+    at most :data:`_SPAN_CHUNKS` chunks, skipping the chunks not needed (cheaper than zarr's
+    orthogonal selection, which checks and groups every index)."""
+    from scdask.store.kernels import copy_overlaps
+
     chunk = arr.chunks[1]
     n_chunks = -(-arr.shape[1] // chunk)
     mark = np.zeros(n_chunks + 1, np.int64)  # +1 where a range's chunks start, -1 after
     np.add.at(mark, a // chunk, 1)
     np.add.at(mark, (b - 1) // chunk + 1, -1)
     chunks = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
-    out = np.empty(len(pos), arr.dtype)
+    out = np.empty(total, arr.dtype)
     # runs of needed chunks, cut every _SPAN_CHUNKS chunks
     cut = np.flatnonzero((np.diff(chunks) != 1) | (np.arange(1, len(chunks)) % _SPAN_CHUNKS == 0))
     for run in np.split(chunks, cut + 1):
         s, e = int(run[0]) * chunk, min((int(run[-1]) + 1) * chunk, arr.shape[1])
-        o0, o1 = np.searchsorted(pos, [s, e])
-        out[o0:o1] = np.asarray(arr[group, s:e])[pos[o0:o1] - s]
+        j0, j1 = int(np.searchsorted(b, s, side="right")), int(np.searchsorted(a, e))
+        copy_overlaps(np.asarray(arr[group, s:e]), s, a, b, starts, j0, j1, out)
     return out
