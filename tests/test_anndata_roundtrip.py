@@ -210,3 +210,20 @@ def test_scanpy_preprocessing_runs_on_the_result(tiny_store):
     assert a.obsm["X_pca"].shape == (2000, 10) and a.var["highly_variable"].sum() == 100
     np.testing.assert_allclose(a.obs["total_counts"], np.asarray(ref.X.sum(1)).ravel(),
                                rtol=1e-6)
+
+
+def test_pseudobulk_as_anndata_matches_scanpy_aggregate(ds, ref):
+    """Integer counts in X (what pydeseq2 takes), scanpy's layers, the groups as obs."""
+    sc = pytest.importorskip("scanpy")
+    a, _ = ref
+    pb = scdask.to_anndata(scdask.pseudobulk(ds, ["drug", "cell_line"]))
+    assert pb.X.dtype == np.int64
+    theirs = sc.get.aggregate(a, by=["drug", "cell_line"], func=["sum", "mean", "var"])
+    assert set(pb.obs_names) == set(theirs.obs_names)
+    theirs = theirs[pb.obs_names]
+    np.testing.assert_array_equal(pb.X, np.asarray(theirs.layers["sum"]))
+    for f in ("sum", "mean", "var"):
+        np.testing.assert_allclose(pb.layers[f], np.asarray(theirs.layers[f]), rtol=1e-9)
+    np.testing.assert_array_equal(pb.obs["drug"].astype(str), theirs.obs["drug"].astype(str))
+    assert isinstance(pb.obs["cell_line"].dtype, pd.CategoricalDtype)
+    assert list(pb.var_names) == list(a.var_names)

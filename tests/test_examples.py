@@ -14,6 +14,16 @@ def test_quickstart(tmp_path):
     assert proc.stdout.strip().endswith("OK")
 
 
+def test_pseudobulk_deseq2_example(tmp_path):
+    import pytest
+
+    pytest.importorskip("pydeseq2")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "pseudobulk_deseq2.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("OK")
+
+
 def test_local_cluster_example(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLES / "local_cluster.py"), str(tmp_path), "3000"],
                           capture_output=True, text=True, timeout=600)

@@ -25,7 +25,11 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool =
     ----------
     data
         A Dataset from :func:`scdask.open` or a selection of it (e.g.
-        ``ds.isel(cell=slice(0, 10_000)).sel(gene=hvgs)``), or one of its matrices.
+        ``ds.isel(cell=slice(0, 10_000)).sel(gene=hvgs)``), or one of its matrices; or
+        a :func:`scdask.pseudobulk` result: one observation per group, ready for pydeseq2
+        (``X`` the summed counts, as integers when every sum is one; the ``sum``,
+        ``mean``, ``count_nonzero`` and ``var`` layers as ``scanpy.get.aggregate`` names
+        them; obs the group's ``by`` values and ``n_cells``).
     var
         The matrix that becomes ``X`` when ``data`` is a Dataset; the other cell × gene
         matrices become layers (``X`` among them when ``var`` is another), ``raw`` the raw.
@@ -51,6 +55,8 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool =
     """
     import anndata
 
+    if isinstance(data, xr.Dataset) and "group" in data.dims and "sum" in data.data_vars:
+        return _pseudobulk(data)
     main, layers, raw = _matrices(data, var)
     ref = main or next(iter(layers.values()), None) or raw
     if ref is None:  # no matrix: obs, var and uns
@@ -74,6 +80,28 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool =
     if stats and main is not None:
         _add_stats(adata)
     return adata
+
+
+def _pseudobulk(pb: xr.Dataset) -> Any:
+    import anndata
+
+    gene_dim = next(d for d in pb["sum"].dims if d != "group")
+    values = dict(zip(("sum", "mean", "count_nonzero", "var"),
+                      dask.compute(*(pb[k].data for k in ("sum", "mean", "count_nonzero", "var"))),
+                      strict=True))
+    sums = np.asarray(values["sum"])
+    integral = bool(np.all(np.isfinite(sums)) and np.all(sums == np.round(sums))
+                    and np.abs(sums).max(initial=0) < 2**53)
+    X = sums.astype(np.int64) if integral else sums
+    obs = pd.DataFrame({k: np.asarray(c.values) for k, c in pb.coords.items()
+                        if c.dims == ("group",)})
+    by = [c for c in obs.columns if c != "n_cells"]
+    obs.index = pd.Index(["_".join(map(str, row)) for row in obs[by].itertuples(index=False)])
+    for c in by:
+        obs[c] = obs[c].astype("category")
+    var = pd.DataFrame(index=pd.Index(np.asarray(pb[gene_dim].values).astype(str)))
+    layers = {k: np.asarray(v) for k, v in values.items()}
+    return anndata.AnnData(X=X, obs=obs, var=var, layers=layers)
 
 
 def _matrices(data: Any, var: str) -> tuple[Matrix | None, dict[str, Matrix], Matrix | None]:
