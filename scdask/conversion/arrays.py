@@ -17,6 +17,7 @@ from scdask.format import (
     COLPTR,
     COLPTR_DTYPE,
     DATA,
+    ELEMENTS_FILE,
     INDEX_DTYPE,
     INDICES,
     MATRIX_ENCODING,
@@ -114,13 +115,15 @@ def create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
 
 
 def file_checksums(loc: Location) -> dict[str, int]:
-    """CRC-32C of uns.json (Parquet files carry their own page checksums)."""
+    """CRC-32C of uns.json and elements.h5 (Parquet files carry their own page checksums)."""
     import google_crc32c
 
-    if not loc.exists(UNS_FILE):
-        return {}
-    with loc.open(UNS_FILE, "rb") as f:
-        return {"uns_crc32c": google_crc32c.value(f.read())}
+    out = {}
+    for name, key in ((UNS_FILE, "uns_crc32c"), (ELEMENTS_FILE, "elements_crc32c")):
+        if loc.exists(name):
+            with loc.open(name, "rb") as f:
+                out[key] = google_crc32c.value(f.read())
+    return out
 
 
 def finalise_matrix(root: zarr.Group, wip: zarr.Group, plan: Plan, m: MatrixPlan

@@ -228,8 +228,36 @@ def _write_metadata(src: Source, loc: Location, root: zarr.Group, plan: Plan) ->
         except FormatError as e:
             raise FormatError(f"{plan.source}: {e}") from None
     uns = src.uns()  # read before asking what was dropped: unreadable elements are among them
-    kept_uns = write_uns(loc, uns)
-    return src.dropped() + kept_uns
+    not_kept = src.dropped() + write_uns(loc, uns)
+    return _write_elements(src, loc, uns, not_kept)
+
+
+def _write_elements(src: Source, loc: Location, uns: dict[str, Any], not_kept: list[str]
+                    ) -> list[str]:
+    """Hand what scdask's own encodings do not hold (uns tables, sparse or table obsm/varm)
+    to anndata's writer; return what even it cannot write."""
+    from scdask.store.metadata import write_elements
+
+    elements: dict[str, Any] = {}
+    for name in not_kept:
+        path = _element_path(name)
+        if path.startswith("uns/") and path[4:] in uns:
+            elements[path] = uns[path[4:]]  # the whole top-level element
+        elif path.startswith(("obsm/", "varm/", "raw/varm/")):
+            try:
+                elements[path] = src.element(path)
+            except Exception:  # noqa: BLE001 - stays named as not kept
+                continue
+    failed = write_elements(loc, elements)
+    kept = set(elements) - {_element_path(f) for f in failed}
+    return [n for n in not_kept if _element_path(n) not in kept]
+
+
+def _element_path(name: str) -> str:
+    """The element a not-kept name is about: ``uns/a`` of ``uns/a/b (why)``,
+    ``raw/varm/k`` of ``raw/varm/k``."""
+    parts = name.split(" ", 1)[0].split("/")
+    return "/".join(parts[:3] if parts[0] == "raw" else parts[:2])
 
 
 def convert_spill(dst: str | os.PathLike[str], name: str, k: int,

@@ -30,6 +30,8 @@ WIP_DIR = "wip"
 OBS_FILE = "obs.parquet"
 VAR_FILE = "var.parquet"
 UNS_FILE = "uns.json"
+#: Elements only anndata's encoding holds (uns tables, sparse obsm, ...), written by anndata.
+ELEMENTS_FILE = "elements.h5"
 # Column of obs.parquet / var.parquet holding the AnnData index (obs_names / var_names).
 INDEX_COLUMN = "_index"
 

@@ -76,7 +76,11 @@ def to_anndata(data: xr.Dataset | xr.DataArray, var: str = "X", *, stats: bool =
     for axis in ("obsp", "varp"):
         getattr(adata, axis).update(_pairwise(ref.base, axis, genes))
     if raw is not None:
-        adata.raw = anndata.AnnData(X=raw_X, obs=pd.DataFrame(index=obs.index), var=_var(raw))
+        extra = {k[len("raw/varm/"):]: v for k, v in raw.base.parts[0].store.elements().items()
+                 if k.startswith("raw/varm/")}
+        rows = _gene_rows(raw)
+        adata.raw = anndata.AnnData(X=raw_X, obs=pd.DataFrame(index=obs.index), var=_var(raw),
+                                    varm={k: _take_rows(v, rows) for k, v in extra.items()})
     if stats and main is not None:
         _add_stats(adata)
     return adata
@@ -185,22 +189,48 @@ def _var(m: Matrix) -> pd.DataFrame:
     return p.store.var(p.matrix).iloc[_gene_rows(m)]
 
 
-def _axis_arrays(base: Base, axis: str, m: Matrix | None = None) -> dict[str, np.ndarray]:
-    """obsm of the selected cells (from every store), or varm of the selected genes."""
+def _axis_arrays(base: Base, axis: str, m: Matrix | None = None) -> dict[str, Any]:
+    """obsm of the selected cells (from every store), or varm of the selected genes: the
+    stored arrays, and the elements kept in anndata's encoding (tables, sparse)."""
     st0 = base.parts[0].store
-    out: dict[str, np.ndarray] = {}
-    for key in st0.attrs.get(axis, []):
-        if axis == "varm":
-            out[key] = _rows(st0.array(f"varm/{key}"), None if m is None else _gene_rows(m))
-            continue
-        pieces = []
-        for p in base.parts:
-            if key not in p.store.attrs.get("obsm", []):
-                break
-            pieces.append(_rows(p.store.array(f"obsm/{key}"), _local(base, p)))
-        else:
+    out: dict[str, Any] = {}
+    if axis == "varm":
+        rows = None if m is None else _gene_rows(m)
+        for key in st0.attrs.get(axis, []):
+            out[key] = _rows(st0.array(f"varm/{key}"), rows)
+        for key, value in _elements(st0, "varm").items():
+            out[key] = value if rows is None else _take_rows(value, rows)
+        return out
+    stored = [(p, p.store.attrs.get("obsm", []), _elements(p.store, "obsm"), _local(base, p))
+              for p in base.parts]
+    for key in st0.attrs.get("obsm", []):
+        if all(key in keys for _, keys, _, _ in stored):
+            pieces = [_rows(p.store.array(f"obsm/{key}"), local) for p, _, _, local in stored]
             out[key] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    for key in stored[0][2]:
+        if all(key in extra for _, _, extra, _ in stored):
+            pieces = [extra[key] if local is None else _take_rows(extra[key], local)
+                      for _, _, extra, local in stored]
+            out[key] = pieces[0] if len(pieces) == 1 else _stack(pieces)
     return out
+
+
+def _elements(store: Any, axis: str) -> dict[str, Any]:
+    return {k.split("/", 1)[1]: v for k, v in store.elements().items() if k.startswith(axis + "/")}
+
+
+def _take_rows(value: Any, rows: np.ndarray) -> Any:
+    return value.iloc[rows] if isinstance(value, pd.DataFrame) else value[rows]
+
+
+def _stack(pieces: list[Any]) -> Any:
+    import scipy.sparse as sp
+
+    if isinstance(pieces[0], pd.DataFrame):
+        return pd.concat(pieces)
+    if sp.issparse(pieces[0]):
+        return type(pieces[0])(sp.vstack(pieces))
+    return np.concatenate(pieces)
 
 
 def _pairwise(base: Base, axis: str, genes: Matrix | None) -> dict[str, Any]:

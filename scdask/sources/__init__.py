@@ -82,6 +82,10 @@ class Source(Protocol):
     def uns(self) -> dict[str, Any]:
         """The ``uns`` mapping."""
 
+    def element(self, path: str) -> Any:
+        """Any element (``obsm/<key>``, ...) as anndata reads it (for what scdask's own
+        encodings do not hold, kept in anndata's)."""
+
     def dropped(self) -> list[str]:
         """Elements the source has that scdask does not keep."""
 

@@ -374,6 +374,20 @@ class H5ADSource:
                 self._dropped.append(f"uns/{key} (unreadable: {e})")
         return out
 
+    def element(self, path: str) -> Any:
+        """Any element (e.g. ``obsm/df``) as anndata reads it."""
+        if self.legacy:
+            *holders, axis, key = path.split("/")
+            obj = self._legacy()
+            for h in holders:  # e.g. raw
+                obj = getattr(obj, h)
+            return getattr(obj, axis)[key]
+        from anndata.io import read_elem
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_elem(self.file[path])
+
     def dropped(self) -> list[str]:
         out = list(getattr(self, "_dropped", []))
         raw = self.file.get("raw")

@@ -142,3 +142,71 @@ def read_uns(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
         return uns_from_json(json.loads(raw)["uns"])
     except (ValueError, KeyError, TypeError) as e:
         raise FormatError(f"{loc.url}: {UNS_FILE} cannot be read ({e})") from e
+
+
+# -- elements in anndata's own encoding ----------------------------------------------
+def write_elements(loc: Location, elements: dict[str, Any]) -> list[str]:
+    """Write ``elements`` (``"uns/key"``, ``"obsm/key"``, ... → value) to
+    :data:`~scdask.format.ELEMENTS_FILE` with anndata's writer; return what anndata
+    could not write either (named, never dropped silently)."""
+    import io
+    import warnings
+
+    import h5py
+    from anndata.io import write_elem
+
+    from scdask.format import ELEMENTS_FILE
+
+    failed: list[str] = []
+    buf = io.BytesIO()
+    written = 0
+    with h5py.File(buf, "w") as f:
+        for path, value in elements.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    write_elem(f, path, value)
+                written += 1
+            except Exception as e:  # noqa: BLE001 - named in the conversion's warning
+                if path in f:
+                    del f[path]
+                failed.append(f"{path} (anndata cannot write it: {type(e).__name__})")
+    if written:
+        with loc.open(ELEMENTS_FILE, "wb") as out:
+            out.write(buf.getvalue())
+    return failed
+
+
+def read_elements(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
+    """The elements of :func:`write_elements`, as ``{"uns/key": value, ...}``; the file is
+    checked against ``crc32c`` (recorded at finalise) first."""
+    import io
+
+    import google_crc32c
+    import h5py
+    from anndata.io import read_elem
+
+    from scdask.format import ELEMENTS_FILE
+
+    if not loc.exists(ELEMENTS_FILE):
+        return {}
+    with loc.open(ELEMENTS_FILE, "rb") as f:
+        raw = f.read()
+    if crc32c is not None and google_crc32c.value(raw) != crc32c:
+        raise FormatError(f"{loc.url}: {ELEMENTS_FILE} is damaged (its checksum does not "
+                          "match the one recorded in the store)")
+    out: dict[str, Any] = {}
+
+    def walk(group: Any, prefix: str) -> None:
+        for key, node in group.items():
+            if "encoding-type" in node.attrs or not isinstance(node, h5py.Group):
+                out[prefix + key] = read_elem(node)
+            else:  # a holder anndata's writer made on the way (uns, obsm, raw/varm)
+                walk(node, f"{prefix}{key}/")
+
+    try:
+        with h5py.File(io.BytesIO(raw), "r") as f:
+            walk(f, "")
+    except (OSError, ValueError, KeyError) as e:
+        raise FormatError(f"{loc.url}: {ELEMENTS_FILE} cannot be read ({e})") from e
+    return out

@@ -337,7 +337,15 @@ class Store:
 
     def uns(self) -> dict[str, Any]:
         """The source's ``uns``, as far as JSON could keep it (the rest was named at conversion)."""
-        return read_uns(self.loc, self.attrs.get("uns_crc32c"))
+        uns = read_uns(self.loc, self.attrs.get("uns_crc32c"))
+        uns.update({k[4:]: v for k, v in self.elements().items() if k.startswith("uns/")})
+        return uns
+
+    def elements(self) -> dict[str, Any]:
+        """Elements kept in anndata's own encoding (``"uns/key"``, ``"obsm/key"``, ...)."""
+        from scdask.store.metadata import read_elements
+
+        return read_elements(self.loc, self.attrs.get("elements_crc32c"))
 
 
 def _v1_optional(array: str) -> bool:
