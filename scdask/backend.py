@@ -177,8 +177,11 @@ def _gene_maps(stores: Sequence[Store], name: str, join: str) -> tuple[pd.DataFr
 def _numpy_dtype(dtype: Any) -> np.dtype:
     if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM":
         return dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        return _numpy_dtype(dtype.categories.dtype) if dtype.categories.dtype != object else np.dtype(object)
+    if isinstance(dtype, pd.CategoricalDtype):  # values may be missing: integers as floats
+        cats = dtype.categories.dtype
+        if not isinstance(cats, np.dtype) or cats.kind == "O":
+            return np.dtype(object)
+        return np.dtype(np.float64) if cats.kind in "iu" else _numpy_dtype(cats)
     if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
         return np.dtype(np.float64)  # nullable numbers: NaN for missing
     return np.dtype(object)
@@ -287,11 +290,32 @@ def _obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
     names = [n for n in schemas[0].names if all(n in s.names for s in schemas[1:])]
     empty = schemas[0].empty_table().to_pandas()
     coords: dict[str, Any] = {}
+    nulls = {c for st in stores for c in _columns_with_nulls(st)}
     for col in names:
         dtype = _numpy_dtype(empty[col].dtype)
+        if dtype.kind in "biu" and col in nulls:
+            dtype = np.dtype(np.float64)  # integers with missing values: NaN where missing
         target = "obs_names" if col == INDEX_COLUMN else col
         coords[target] = ("cell", _lazy_cells(stores, read_obs_chunk, (col, dtype), dtype))
     return coords
+
+
+def _columns_with_nulls(store: Store) -> set[str]:
+    """obs columns holding a missing value somewhere (from the Parquet footer's statistics;
+    a column without statistics counts as possibly missing)."""
+    import pyarrow.parquet as pq
+
+    with store.loc.open(OBS_FILE, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    out = set()
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for j in range(rg.num_columns):
+            c = rg.column(j)
+            stats = c.statistics
+            if stats is None or not stats.has_null_count or stats.null_count > 0:
+                out.add(c.path_in_schema)
+    return out
 
 
 def _gene_stats(stores: Sequence[Store], name: str, maps: list[Any], n: int) -> dict[str, Any]:
@@ -390,6 +414,8 @@ def open(  # noqa: A001 - the name users expect: scdask.open
         data_vars[name] = xr.Variable(dims, arr, encoding={"preferred_chunks": dict(
             zip(dims, arr.chunks, strict=True))})
     obs = _obs_coords(stores)
+    for name in [k for k in obs if k in extra]:  # one namespace: a var column named like an
+        extra[f"var_{name}"] = extra.pop(name)    # obs column is var_<name> (obs keeps its own)
     extra.update(obs)
     names = obs["obs_names"][1]
     cell = CellIndex(names, "cell", tuple(st.url for st in stores))

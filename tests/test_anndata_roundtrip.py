@@ -239,3 +239,29 @@ def test_elements_in_anndatas_encoding_are_checked(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(FormatError, match=r"elements\.h5 is damaged"):
         scdask.to_anndata(scdask.open(tmp_path / "a.zarr"))
+
+
+@pytest.mark.parametrize("path", shared_params())
+def test_dataset_view_reaches_every_obs_and_var_column(path, tmp_path):
+    """Every obs and var column is a coordinate; a var column named like an obs column
+    is ``var_<name>`` (xarray's coordinates share one namespace)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(path, tmp_path / "s.zarr", workers=0)
+        want = anndata.read_h5ad(path)
+    ds = scdask.open(tmp_path / "s.zarr")
+    for col in want.obs.columns:
+        assert ds[col].dims == ("cell",), col
+        np.testing.assert_array_equal(_shown(ds[col].values), _shown(want.obs[col]))
+    for col in want.var.columns:
+        name = f"var_{col}" if col in want.obs.columns else col
+        assert ds[name].dims == ("gene",), col
+        np.testing.assert_array_equal(_shown(ds[name].values), _shown(want.var[col]))
+
+
+def _shown(values) -> np.ndarray:
+    """Values as text, every kind of missing (None, NaN, pd.NA) alike, numbers as floats
+    (nullable integers are float coordinates, NaN where missing)."""
+    s = pd.Series(np.asarray(values, dtype=object))
+    text = [str(float(v)) if isinstance(v, int | float | np.number) else str(v) for v in s]
+    return np.where(s.isna(), "<NA>", np.asarray(text, dtype=object))
