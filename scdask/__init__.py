@@ -24,6 +24,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if name == "open":  # its datasets' ds.scdask accessor (obs, var, to_anndata)
+            importlib.import_module("scdask.interop.anndata")
         globals()[name] = value
         return value
     raise AttributeError(f"module 'scdask' has no attribute {name!r}")

@@ -265,3 +265,23 @@ def _shown(values) -> np.ndarray:
     s = pd.Series(np.asarray(values, dtype=object))
     text = [str(float(v)) if isinstance(v, int | float | np.number) else str(v) for v in s]
     return np.where(s.isna(), "<NA>", np.asarray(text, dtype=object))
+
+
+def test_obs_and_var_frames_of_a_selection(tmp_path):
+    """``ds.scdask.obs`` / ``.var``: the source's frames, dtypes kept, for the selection."""
+    X = sp.random(30, 8, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    obs = pd.DataFrame({"drug": pd.Categorical(["a", "b", "c"] * 10, categories=["c", "a", "b"]),
+                        "dose": pd.array([1, None, 3] * 10, dtype="Int64")},
+                       index=pd.Index([f"c{i}" for i in range(30)], name="barcode"))
+    var = pd.DataFrame({"n_counts": np.arange(8)}, index=[f"g{j}" for j in range(8)])
+    obs["n_counts"] = np.arange(30.0)
+    anndata.AnnData(X=X, obs=obs, var=var).write_h5ad(tmp_path / "a.h5ad")
+    scdask.convert(tmp_path / "a.h5ad", tmp_path / "a.zarr", workers=0)
+    ds = scdask.open(tmp_path / "a.zarr")
+    sub = ds.isel(cell=[1, 4, 29]).sel(gene=["g2", "g5"])
+    pd.testing.assert_frame_equal(sub.scdask.obs, obs.iloc[[1, 4, 29]])
+    pd.testing.assert_frame_equal(sub.scdask.var, var.iloc[[2, 5]])
+    assert sub.scdask.to_anndata().shape == (3, 2)
+    # the coordinates: obs keeps its name, var's is var_<name>
+    np.testing.assert_array_equal(ds.n_counts.values, obs["n_counts"].to_numpy())
+    np.testing.assert_array_equal(ds.var_n_counts.values, var["n_counts"].to_numpy())

@@ -290,3 +290,34 @@ def _add_stats(adata: Any) -> None:
     for axis, frame, prefix in ((1, adata.obs, "cell"), (0, adata.var, "gene")):
         frame[f"{prefix}_nnz"] = (X != 0).sum(axis) if not sp.issparse(X) else X.getnnz(axis)
         frame[f"{prefix}_sum"] = np.asarray(X.sum(axis, dtype=np.float64)).reshape(-1)
+
+
+@xr.register_dataset_accessor("scdask")
+class ScdaskAccessor:
+    """``ds.scdask``: a scdask Dataset in anndata's terms.
+
+    ``ds.scdask.obs`` and ``ds.scdask.var`` are the selection's obs and var frames as the
+    source had them (categoricals, nullable columns, index name), read when asked;
+    ``ds.scdask.to_anndata()`` is :func:`to_anndata`.
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def _reference(self) -> tuple[Matrix | None, Matrix | None]:
+        main, layers, raw = _matrices(self._ds, "X")
+        genes = main or next(iter(layers.values()), None)
+        return genes or raw, genes
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        ref, _ = self._reference()
+        return _without_matrices(self._ds).obs if ref is None else _obs(ref.base)
+
+    @property
+    def var(self) -> pd.DataFrame:
+        _, genes = self._reference()
+        return _without_matrices(self._ds).var if genes is None else _var(genes)
+
+    def to_anndata(self, var: str = "X", *, stats: bool = False) -> Any:
+        return to_anndata(self._ds, var, stats=stats)
