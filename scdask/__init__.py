@@ -12,6 +12,7 @@ _LAZY = {
     "cluster": "scdask.clusters",
     "export_parquet": "scdask.interop.parquet",
     "open": "scdask.backend",
+    "pp": "scdask.pp",
     "pseudobulk": "scdask.compute.groupby",
     "to_anndata": "scdask.interop.anndata",
 }
@@ -23,7 +24,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__ == f"scdask.{name}" else getattr(module, name)
         if name == "open":  # its datasets' ds.scdask accessor (obs, var, to_anndata)
             importlib.import_module("scdask.interop.anndata")
         globals()[name] = value

@@ -1,0 +1,112 @@
+"""``scdask.pp`` against scanpy's own functions on the same data (issue 18)."""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scdask
+from scdask.compute import ScdaskArray
+
+sc = pytest.importorskip("scanpy")
+
+
+@pytest.fixture(scope="module")
+def theirs(tiny_plate):
+    a = anndata.read_h5ad(tiny_plate)
+    counts = a.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return counts, a
+
+
+@pytest.fixture(scope="module")
+def lognorm(ds):
+    return scdask.pp.log1p(scdask.pp.normalize_total(ds, target_sum=1e4))
+
+
+def _dense(x):
+    return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+
+@pytest.mark.parametrize("target_sum", [1e4, None])
+def test_normalize_total_and_log1p_are_lazy_and_equal_scanpys(ds, tiny_plate, target_sum):
+    ours = scdask.pp.log1p(scdask.pp.normalize_total(ds, target_sum=target_sum))
+    assert isinstance(ours.X.data, ScdaskArray)  # an expression: nothing computed
+    a = anndata.read_h5ad(tiny_plate)
+    sc.pp.normalize_total(a, target_sum=target_sum)
+    sc.pp.log1p(a)
+    got = ours.X.isel(cell=slice(0, 700)).values
+    np.testing.assert_allclose(got, _dense(a.X[:700]), rtol=1e-6, atol=1e-6)
+    assert set(ours.coords) == set(ds.coords)
+
+
+@pytest.mark.parametrize("flavor", ["seurat", "cell_ranger"])
+@pytest.mark.parametrize("n_top_genes", [None, 150])
+def test_highly_variable_genes_selects_scanpys_genes(lognorm, theirs, flavor, n_top_genes):
+    _, a = theirs
+    want = sc.pp.highly_variable_genes(a.copy(), flavor=flavor, n_top_genes=n_top_genes,
+                                       inplace=False)
+    got = scdask.pp.highly_variable_genes(lognorm, flavor=flavor, n_top_genes=n_top_genes)
+    assert list(got.index) == list(a.var_names)
+    # scanpy computes from float32 values, scdask from the stored counts in float64: the
+    # statistics agree to float32 precision (dispersions_norm absolutely: it is a difference)
+    for col in ("means", "dispersions"):
+        np.testing.assert_allclose(got[col], want[col], rtol=1e-5, atol=1e-6, err_msg=col)
+    np.testing.assert_allclose(got["dispersions_norm"], want["dispersions_norm"], atol=1e-5)
+    assert got["highly_variable"].sum() > 10
+    np.testing.assert_array_equal(got["highly_variable"], want["highly_variable"])
+
+
+def test_scale_of_hvgs_equals_scanpys(lognorm, theirs):
+    _, a = theirs
+    hvg = scdask.pp.highly_variable_genes(lognorm, n_top_genes=100)
+    genes = hvg.index[hvg["highly_variable"]]
+    ours = scdask.pp.scale(lognorm.sel(gene=genes), max_value=10)
+    assert isinstance(ours.X.data, ScdaskArray)
+    b = a[:, genes].copy()
+    sc.pp.scale(b, max_value=10)
+    np.testing.assert_allclose(ours.X.mean("cell").values, b.X.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.X.var("cell").values, b.X.var(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.X.isel(cell=slice(0, 50)).values, b.X[:50],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unavailable_options_say_so(lognorm):
+    with pytest.raises(NotImplementedError, match="seurat_v3"):
+        scdask.pp.highly_variable_genes(lognorm, flavor="seurat_v3")
+    with pytest.raises(NotImplementedError, match="batch_key"):
+        scdask.pp.highly_variable_genes(lognorm, batch_key="drug")
+
+
+@pytest.mark.parametrize("path", __import__("tests.conftest", fromlist=["x"]).shared_params())
+def test_shared_counts_give_scanpys_highly_variable_genes(path, tmp_path):
+    """Every shared file whose X holds counts: normalize_total, log1p, HVG as scanpy."""
+    import warnings
+
+    a = anndata.read_h5ad(path)
+    X = a.X
+    if X is None or a.n_vars < 30 or a.n_obs < 10:
+        pytest.skip("no X large enough to bin")
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size == 0 or (values < 0).any() or not np.all(values == np.round(values)):
+        pytest.skip("X does not hold counts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(path, tmp_path / "s.zarr", workers=0)
+    ds = scdask.open(tmp_path / "s.zarr")
+    lognorm = scdask.pp.log1p(scdask.pp.normalize_total(ds, target_sum=1e4))
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    for flavor in ("seurat", "cell_ranger"):
+        try:
+            want = sc.pp.highly_variable_genes(a.copy(), flavor=flavor, inplace=False)
+        except ValueError as e:  # e.g. cell_ranger's bins on mostly unexpressed genes
+            with pytest.raises(ValueError, match=str(e).split(":")[0]):
+                scdask.pp.highly_variable_genes(lognorm, flavor=flavor)
+            continue
+        got = scdask.pp.highly_variable_genes(lognorm, flavor=flavor)
+        np.testing.assert_allclose(got["means"], want["means"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got["highly_variable"], want["highly_variable"])
