@@ -40,7 +40,17 @@ def test_normalize_total_and_log1p_are_lazy_and_equal_scanpys(ds, tiny_plate, ta
     sc.pp.log1p(a)
     got = ours.X.isel(cell=slice(0, 700)).values
     np.testing.assert_allclose(got, _dense(a.X[:700]), rtol=1e-6, atol=1e-6)
+    # to scanpy and back: zeros a per-cell divisor keeps zero stay implicit
+    back = scdask.to_anndata(ours.isel(cell=slice(0, 700)))
+    assert sp.issparse(back.X) and back.X.nnz == a.X[:700].nnz
+    np.testing.assert_allclose(back.X.toarray(), _dense(a.X[:700]), rtol=1e-6, atol=1e-6)
     assert set(ours.coords) == set(ds.coords)
+
+
+def test_to_anndata_refuses_zeros_made_nonzero(ds):
+    shifted = ds.assign(X=ds.X - ds.X.mean("gene"))
+    with pytest.raises(ValueError, match="implicit zeros of row group 0 become"):
+        scdask.to_anndata(shifted.isel(cell=slice(0, 100)))
 
 
 @pytest.mark.parametrize("flavor", ["seurat", "cell_ranger"])

@@ -29,7 +29,7 @@ from dask.array import PerformanceWarning
 from dask.base import tokenize
 from dask.utils import format_bytes, parse_bytes
 
-from scdask.compute.blocks import Spec, view_block
+from scdask.compute.blocks import Spec, csr_block, view_block
 from scdask.compute.expr import UFUNCS, Expr, const, ufunc
 from scdask.compute.operands import compose
 from scdask.compute.proxy import DaskProxy, unwrap, wrap
@@ -102,6 +102,22 @@ class ScdaskArray(DaskProxy):
         if b.drop_gene:
             return arr[:, 0]
         return arr
+
+    def csr_blocks(self) -> list[Any]:
+        """The selection as ``scipy.sparse.csr_matrix``, one delayed block per row group (in
+        order; stack them with ``scipy.sparse.vstack``). A block whose implicit zeros the
+        expression makes non-zero raises ``ValueError`` when computed."""
+        import dask
+
+        inp = self.inputs()
+        gpos, gene_ops = inp.genes(-1)
+        sels = inp.sels.to_delayed().reshape(-1)
+        cells = [o.to_delayed().reshape(-1) for o in inp.cell_ops]
+        genes = [g.to_delayed().reshape(-1)[0] for g in gene_ops]
+        g = gpos.to_delayed().reshape(-1)[0]
+        block = dask.delayed(csr_block, pure=True)
+        return [block(sels[i], g, *(c[i] for c in cells), *genes, spec=self.spec,
+                      out_dtype=self.dtype) for i in range(len(sels))]
 
     def to_dask_array(self) -> da.Array:
         """The generic view: a :class:`dask.array.Array` of ``sparse.COO`` (or dense) blocks."""

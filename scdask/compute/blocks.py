@@ -239,6 +239,29 @@ def dense_block(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarr
     return out
 
 
+def csr_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec, out_dtype: np.dtype
+              ) -> Any:
+    """One row group's selected cells × genes ``gpos`` as ``scipy.sparse.csr_matrix``: the
+    stored entries under the expression, every implicit entry 0 — checked against the
+    operands' actual values (a per-cell divisor keeps zeros zero; a shift does not)."""
+    import scipy.sparse as sp
+
+    sel = sels.reshape(-1)[0]
+    unique, inverse = spec.genes(gpos)
+    cells, genes = spec.split(ops)
+    shape = (0 if sel is None else sel.count, len(inverse))
+    if sel is None:
+        return sp.csr_matrix(shape, dtype=out_dtype)
+    fill = block_fill(spec, sel, cells, genes, shape[1])
+    if (fill.table != 0).any():  # NaN too
+        bad = fill.table[fill.table != 0].reshape(-1)[0]
+        raise ValueError(f"{spec.expr}: the implicit zeros of row group {sel.group} become "
+                         f"{bad!r}: the selection is dense, not a sparse matrix")
+    row, col, vals = coo(spec, sel, unique, inverse, cells, genes, native=True)
+    return sp.csr_matrix((np.asarray(vals).astype(out_dtype, copy=False), (row, col)),
+                         shape=shape)
+
+
 def gene_chunks(n_cells: int, n_genes: int) -> list[np.ndarray]:
     """Gene positions in chunks small enough for a dense piece of ``n_cells`` cells."""
     step = max(1, DENSE_ELEMENTS // max(1, n_cells))

@@ -124,23 +124,22 @@ def _sparse(m: Matrix | None) -> Any:
     """The selection's values, lazily, in the class the source held (None for no matrix)."""
     if m is None:
         return None
-    if m.fill != 0:
-        what = "values that vary by cell or gene" if m.fill is None else m.fill
-        raise ValueError(f"the selection maps zeros to {what}: it is dense, not an AnnData X")
+    if m.fill is not None and m.fill != 0:
+        raise ValueError(f"the selection maps zeros to {m.fill}: it is dense, not an AnnData X")
     formats = {p.store.matrix(p.matrix).get("source_format", "csr") for p in m.base.parts}
     fmt = formats.pop() if len(formats) == 1 else "csr"
-    return dask.delayed(_as_source_class)(m.data.data, fmt)
+    # one CSR block per row group; zeros that a per-cell operand keeps zero are checked there
+    return dask.delayed(_as_source_class)(m.array.csr_blocks(), fmt, m.data.shape)
 
 
-def _as_source_class(coo: Any, fmt: str) -> Any:
+def _as_source_class(blocks: list[Any], fmt: str, shape: tuple[int, int]) -> Any:
     import scipy.sparse as sp
 
-    if hasattr(coo, "to_scipy_sparse"):
-        coo = coo.to_scipy_sparse()
+    csr = sp.csr_matrix(sp.vstack(blocks, format="csr")) if blocks else sp.csr_matrix(shape)
     if fmt == "dense":
-        return np.asarray(coo.todense()) if sp.issparse(coo) else np.asarray(coo)
+        return csr.toarray()
     # the *_matrix classes: scanpy before 1.12 does not handle scipy's sparse arrays
-    return sp.csc_matrix(coo) if fmt == "csc" else sp.csr_matrix(coo)
+    return sp.csc_matrix(csr) if fmt == "csc" else csr
 
 
 def _local(base: Base, part: Any) -> np.ndarray | None:
