@@ -26,14 +26,14 @@ from scdask.store.location import Location
 
 SPILL_DIR = f"{WIP_DIR}/spill"
 
-#: Stored entries per column range (a spill task peaks at about 40 bytes per entry).
+#: Stored entries per column range (a spill task holds about 16 bytes per entry).
 ENTRIES = 1 << 22
 
 #: At most this many ranges per matrix (a partition reads a slice of every one).
 MAX_RANGES = 1024
 
 #: Peak bytes a spill task holds per entry of its range (indices, values, sort keys).
-BYTES_PER_ENTRY = 40
+BYTES_PER_ENTRY = 16
 
 _PARTS = (("rows", np.uint16), ("cols", None), ("vals", None))
 
@@ -86,21 +86,18 @@ def spill(loc: Location, src: Source, plan: Plan, name: str, k: int) -> int:
     bounds = _ranges(loc, name)
     a, b = bounds[k], bounds[k + 1]
     block = src.read_columns(name, a, b, value_dtype=m.stored_dtype or None)
-    R = np.int64(plan.row_group_size)  # int64 results, whatever the indices' dtype
-    group = block.indices // R  # cells' row groups (indices are checked cells)
-    order = np.argsort(group, kind="stable")  # within a group: column order kept
-    counts = np.bincount(group, minlength=plan.n_groups)
-    del group
-    cols = np.repeat(np.arange(a, b, dtype=_col_dtype(m.n_vars)), np.diff(block.indptr))
-    rows = block.indices[order] % R
-    parts = {"rows": rows.astype(np.uint16), "cols": cols[order], "vals": block.data[order]}
-    del block, order, cols, rows
+    from scdask.conversion.transpose import bucket_by_group  # compiled: imported where it runs
+
+    n = block.nnz
+    parts = {"rows": np.empty(n, np.uint16), "cols": np.empty(n, _col_dtype(m.n_vars)),
+             "vals": np.empty(n, block.data.dtype)}
+    offsets = bucket_by_group(block.indptr, block.indices, block.data, a,
+                              plan.row_group_size, plan.n_groups, *parts.values())
+    del block
     base = f"{_dir(name)}/{k}"
     for part, values in parts.items():
         with loc.open(f"{base}.{part}", "wb") as f:
             f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
-    offsets = np.zeros(plan.n_groups + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
     marker = {"offsets": offsets.tolist(), "vals": parts["vals"].dtype.str}
     with loc.open(f"{base}.json", "wb") as f:
         f.write(json.dumps(marker).encode())
@@ -139,11 +136,13 @@ def gather(loc: Location, plan: Plan, m: MatrixPlan, partition: int) -> CSRBlock
                                             f"{base}.json"))
     start, stop = plan.group_rows(partition)
     n_rows = stop - start
+    from scdask.conversion.transpose import group_by_row  # compiled: imported where it runs
+
     rows, cols, vals = (np.concatenate(pieces[p]) for p, _ in _PARTS)
-    order = np.argsort(rows, kind="stable")  # a row's columns stay ascending
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return CSRBlock(indptr, cols[order], vals[order], m.n_vars)
+    del pieces
+    out_cols, out_vals = np.empty_like(cols), np.empty_like(vals)
+    indptr = group_by_row(rows, cols, vals, n_rows, out_cols, out_vals)  # columns stay in order
+    return CSRBlock(indptr, out_cols, out_vals, m.n_vars)
 
 
 def _read_slice(loc: Location, path: str, dtype: np.dtype, lo: int, hi: int,

@@ -184,3 +184,45 @@ def csr_to_group(block: CSRBlock) -> GroupBlock:
     return to_group(block).group
 
 
+
+
+@jit(nogil=True)
+def bucket_by_group(indptr, indices, values, first_col, R, n_groups, rows, cols, vals
+                    ):  # pragma: no cover - compiled
+    """Counting sort of a CSC slab's entries by row group, columns in order within each
+    group: ``rows`` (cell within its group), ``cols``, ``vals`` filled; returns the groups'
+    offsets (``n_groups + 1``). No sort keys or permutation are held."""
+    offsets = np.zeros(n_groups + 1, np.int64)
+    for k in range(indices.shape[0]):
+        offsets[indices[k] // R + 1] += 1
+    for g in range(n_groups):
+        offsets[g + 1] += offsets[g]
+    nxt = offsets[:-1].copy()
+    for j in range(indptr.shape[0] - 1):
+        for k in range(indptr[j], indptr[j + 1]):
+            r = indices[k]
+            g = r // R
+            p = nxt[g]
+            nxt[g] += 1
+            rows[p] = r - g * R
+            cols[p] = first_col + j
+            vals[p] = values[k]
+    return offsets
+
+
+@jit(nogil=True)
+def group_by_row(rows, cols, vals, n_rows, out_cols, out_vals):  # pragma: no cover - compiled
+    """Counting sort of entries by row (stable: a row's columns keep their order); returns
+    the CSR ``indptr``."""
+    indptr = np.zeros(n_rows + 1, np.int64)
+    for k in range(rows.shape[0]):
+        indptr[rows[k] + 1] += 1
+    for r in range(n_rows):
+        indptr[r + 1] += indptr[r]
+    nxt = indptr[:-1].copy()
+    for k in range(rows.shape[0]):
+        p = nxt[rows[k]]
+        nxt[rows[k]] += 1
+        out_cols[p] = cols[k]
+        out_vals[p] = vals[k]
+    return indptr

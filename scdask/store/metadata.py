@@ -165,7 +165,8 @@ def write_elements(loc: Location, elements: dict[str, Any]) -> list[str]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    write_elem(f, path, value)
+                    parent, key = path.rsplit("/", 1)  # anndata >= 0.13: no "/" in a key
+                    write_elem(f.require_group(parent), key, value)
                 written += 1
             except Exception as e:  # noqa: BLE001 - named in the conversion's warning
                 if path in f:

@@ -33,14 +33,15 @@ def read_pairwise(store: Store, key: str, rows: np.ndarray | None) -> Any:
     if len(ptr) != n + 1 or ptr[0] != 0 or np.any(np.diff(ptr) < 0) or ptr[-1] > indices.shape[0]:
         raise FormatError(f"{store.url}: {key}/indptr is damaged")
     if rows is None:
-        m = (ptr, np.asarray(indices[:]), np.asarray(data[:]))
+        m = (ptr, np.asarray(indices[:], dtype=np.int64), np.asarray(data[:]))
         out = (sp.csr_matrix if fmt == "csr" else sp.csc_matrix)((m[2], m[1], m[0]), shape=(n, n))
     else:
         a, b = ptr[rows], ptr[rows + 1]
         lengths = b - a
         pos = np.repeat(a - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         sub_ptr = np.concatenate([[0], np.cumsum(lengths)])
-        idx = np.asarray(indices.get_orthogonal_selection(pos)) if len(pos) else np.zeros(0, int)
+        idx = (np.asarray(indices.get_orthogonal_selection(pos), dtype=np.int64) if len(pos)
+               else np.zeros(0, np.int64))  # scipy wants indptr's dtype
         val = np.asarray(data.get_orthogonal_selection(pos)) if len(pos) else np.zeros(0, data.dtype)
         cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
         # the major axis selected; the minor one taken after (rows == columns: one list)
