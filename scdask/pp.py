@@ -55,7 +55,7 @@ def normalize_total(ds: xr.Dataset, target_sum: float | None = None, *,
     if target_sum is None:
         t = np.asarray(totals.values, dtype=np.float64)
         target_sum = float(np.median(t[t > 0])) if (t > 0).any() else 1.0
-    scale = xr.where(totals > 0, target_sum / totals.where(totals > 0, 1), 0.0)
+    scale = target_sum / (totals + (totals == 0))  # scanpy's: a total of 0 divides by 1
     return _with(ds, layer, x * scale.astype(np.float32 if x.dtype == np.float32 else x.dtype))
 
 
@@ -75,14 +75,12 @@ def scale(ds: xr.Dataset, *, zero_center: bool = True, max_value: float | None =
     without variance divides by 1) are lazy operands, the implicit zeros become
     ``-mean / std`` per gene without densifying anything."""
     x = _x(ds, layer, "scale")
-    gene = x.dims[1]
     mean = x.mean("cell", dtype=np.float64)
     std = x.std("cell", ddof=1, dtype=np.float64)
-    std = std.where(std != 0, 1)
+    std = std + (std == 0)  # scanpy's: a gene without variance divides by 1
     y = ((x - mean) if zero_center else x) / std
     if max_value is not None:
         y = y.clip(-max_value if zero_center else None, max_value)
-    del gene
     return _with(ds, layer, y)
 
 

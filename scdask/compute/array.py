@@ -106,18 +106,23 @@ class ScdaskArray(DaskProxy):
     def csr_blocks(self) -> list[Any]:
         """The selection as ``scipy.sparse.csr_matrix``, one delayed block per row group (in
         order; stack them with ``scipy.sparse.vstack``). A block whose implicit zeros the
-        expression makes non-zero raises ``ValueError`` when computed."""
+        expression makes non-zero raises ``ValueError`` when computed. Lazy operands are
+        computed first (vectors: small), so this works with or without query planning."""
         import dask
 
-        inp = self.inputs()
-        gpos, gene_ops = inp.genes(-1)
-        sels = inp.sels.to_delayed().reshape(-1)
-        cells = [o.to_delayed().reshape(-1) for o in inp.cell_ops]
-        genes = [g.to_delayed().reshape(-1)[0] for g in gene_ops]
-        g = gpos.to_delayed().reshape(-1)[0]
+        b = self._base
+        cells = [np.asarray(o) for o in dask.compute(*self._cell_ops)]
+        genes = [np.asarray(o) for o in dask.compute(*self._gene_ops)]
+        gpos = np.arange(b.n_sel_genes)
+        bounds = np.cumsum((0, *b.counts))
         block = dask.delayed(csr_block, pure=True)
-        return [block(sels[i], g, *(c[i] for c in cells), *genes, spec=self.spec,
-                      out_dtype=self.dtype) for i in range(len(sels))]
+        out = []
+        for i, sel in enumerate(b.groups or [None]):
+            sels = np.empty(1, dtype=object)
+            sels[0] = sel
+            ops = [c[bounds[i] : bounds[i + 1]] for c in cells]
+            out.append(block(sels, gpos, *ops, *genes, spec=self.spec, out_dtype=self.dtype))
+        return out
 
     def to_dask_array(self) -> da.Array:
         """The generic view: a :class:`dask.array.Array` of ``sparse.COO`` (or dense) blocks."""
