@@ -284,13 +284,14 @@ def _lazy_cells(stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: 
 
 
 def _obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
-    from scdask.store.metadata import frame_schema
+    from scdask.store.metadata import frame_footer
 
-    schemas = [frame_schema(st.loc, OBS_FILE) for st in stores]
+    footers = [frame_footer(st.loc, OBS_FILE) for st in stores]
+    schemas = [f.schema.to_arrow_schema() for f in footers]
     names = [n for n in schemas[0].names if all(n in s.names for s in schemas[1:])]
     empty = schemas[0].empty_table().to_pandas()
     coords: dict[str, Any] = {}
-    nulls = {c for st in stores for c in _columns_with_nulls(st)}
+    nulls = {c for f in footers for c in _columns_with_nulls(f)}
     for col in names:
         dtype = _numpy_dtype(empty[col].dtype)
         if dtype.kind in "biu" and col in nulls:
@@ -300,13 +301,9 @@ def _obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
     return coords
 
 
-def _columns_with_nulls(store: Store) -> set[str]:
-    """obs columns holding a missing value somewhere (from the Parquet footer's statistics;
-    a column without statistics counts as possibly missing)."""
-    import pyarrow.parquet as pq
-
-    with store.loc.open(OBS_FILE, "rb") as f:
-        meta = pq.ParquetFile(f).metadata
+def _columns_with_nulls(meta: Any) -> set[str]:
+    """Columns of a Parquet footer holding a missing value somewhere (from its row groups'
+    statistics; a column without statistics counts as possibly missing)."""
     out = set()
     for g in range(meta.num_row_groups):
         rg = meta.row_group(g)

@@ -56,7 +56,9 @@ def normalize_total(ds: xr.Dataset, target_sum: float | None = None, *,
         t = np.asarray(totals.values, dtype=np.float64)
         target_sum = float(np.median(t[t > 0])) if (t > 0).any() else 1.0
     scale = target_sum / (totals + (totals == 0))  # scanpy's: a total of 0 divides by 1
-    return _with(ds, layer, x * scale.astype(np.float32 if x.dtype == np.float32 else x.dtype))
+    # scanpy's result dtype: float64 stays float64, anything else becomes float32
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    return _with(ds, layer, x.astype(dtype) * scale.astype(dtype))
 
 
 def log1p(ds: xr.Dataset, *, base: float | None = None, layer: str | None = None) -> xr.Dataset:

@@ -57,6 +57,21 @@ def test_normalize_total_and_log1p_are_lazy_and_equal_scanpys(ds, tiny_plate, ta
     assert set(ours.coords) == set(ds.coords)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.float64])
+def test_normalize_total_of_other_dtypes_as_scanpy(tmp_path, dtype):
+    """Integer counts become float32 (scanpy's), float64 stays float64: never truncated."""
+    X = sp.random(200, 50, density=0.3, format="csr", random_state=3, dtype=np.float64)
+    X.data = np.ceil(X.data * 30)
+    X = X.astype(dtype)
+    anndata.AnnData(X=X).write_h5ad(tmp_path / "a.h5ad")
+    scdask.convert(tmp_path / "a.h5ad", tmp_path / "a.zarr", workers=0)
+    ours = scdask.pp.normalize_total(scdask.open(tmp_path / "a.zarr"), target_sum=1e4)
+    a = anndata.read_h5ad(tmp_path / "a.h5ad")
+    sc.pp.normalize_total(a, target_sum=1e4)
+    assert ours.X.dtype == a.X.dtype
+    np.testing.assert_allclose(ours.X.values, _dense(a.X), rtol=1e-6)
+
+
 def test_to_anndata_refuses_zeros_made_nonzero(ds):
     shifted = ds.assign(X=ds.X - ds.X.mean("gene"))
     with pytest.raises(ValueError, match="implicit zeros of row group 0 become"):

@@ -35,7 +35,7 @@ MAX_RANGES = 1024
 #: Peak bytes a spill task holds per entry of its range (indices, values, sort keys).
 BYTES_PER_ENTRY = 16
 
-_PARTS = (("rows", np.uint16), ("cols", None), ("vals", None))
+_PARTS = ("rows", "cols", "vals")  # the scratch files of a range, one array each
 
 
 def column_ranges(offsets: np.ndarray, entries: int | None = None) -> np.ndarray:
@@ -120,7 +120,7 @@ def gather(loc: Location, plan: Plan, m: MatrixPlan, partition: int) -> CSRBlock
         so rerunning the same conversion spills that range again).
     """
     n_ranges = len(_ranges(loc, m.name)) - 1
-    pieces: dict[str, list[np.ndarray]] = {p: [] for p, _ in _PARTS}
+    pieces: dict[str, list[np.ndarray]] = {p: [] for p in _PARTS}
     for k in range(n_ranges):
         base = f"{_dir(m.name)}/{k}"
         if not loc.exists(f"{base}.json"):
@@ -138,7 +138,7 @@ def gather(loc: Location, plan: Plan, m: MatrixPlan, partition: int) -> CSRBlock
     n_rows = stop - start
     from scdask.conversion.transpose import group_by_row  # compiled: imported where it runs
 
-    rows, cols, vals = (np.concatenate(pieces[p]) for p, _ in _PARTS)
+    rows, cols, vals = (np.concatenate(pieces[p]) for p in _PARTS)
     del pieces
     out_cols, out_vals = np.empty_like(cols), np.empty_like(vals)
     indptr = group_by_row(rows, cols, vals, n_rows, out_cols, out_vals)  # columns stay in order

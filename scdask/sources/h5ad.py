@@ -299,60 +299,55 @@ class H5ADSource:
         return builder.finish()
 
     def obsm_varm(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        self._dropped: list[str] = getattr(self, "_dropped", [])
-        if self.legacy:
-            adata = self._legacy()
-            for axis in ("obsm", "varm"):
-                for key, value in getattr(adata, axis).items():
-                    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-                        out[f"{axis}/{key}"] = value
-                    else:
-                        self._dropped.append(f"{axis}/{key} ({type(value).__name__})")
-            return out
-        for axis in ("obsm", "varm"):
-            group = self.file.get(axis)
-            if group is None:
-                continue
-            for key, elem in group.items():
-                if isinstance(elem, h5py.Dataset) and elem.dtype.kind in "biuf" and elem.ndim in (1, 2):
-                    out[f"{axis}/{key}"] = elem
-                else:
-                    enc = _decode(elem.attrs.get("encoding-type", type(elem).__name__))
-                    self._dropped.append(f"{axis}/{key} ({enc})")
-        return out
+        return self._collect(
+            ("obsm", "varm"),
+            lambda v: v if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" else None,
+            lambda e: e if (isinstance(e, h5py.Dataset) and e.dtype.kind in "biuf"
+                            and e.ndim in (1, 2)) else None)
 
     def pairwise(self) -> dict[str, Any]:
         """``obsp/*`` and ``varp/*`` with numeric values: a dense array (h5py dataset or
         numpy), or ``(format, shape, indptr, indices, data)`` of a CSR/CSC matrix."""
-        out: dict[str, Any] = {}
-        self._dropped = getattr(self, "_dropped", [])
-        if self.legacy:
-            import scipy.sparse as sp
+        import scipy.sparse as sp
 
-            adata = self._legacy()
-            for axis in ("obsp", "varp"):
-                for key, value in getattr(adata, axis).items():
-                    if sp.issparse(value) and value.format in ("csr", "csc"):
-                        out[f"{axis}/{key}"] = (value.format, value.shape, value.indptr,
-                                                value.indices, value.data)
-                    elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-                        out[f"{axis}/{key}"] = value
-                    else:
-                        self._dropped.append(f"{axis}/{key} ({type(value).__name__})")
-            return out
-        for axis in ("obsp", "varp"):
-            for key, elem in (self.file.get(axis) or {}).items():
-                enc = _decode(elem.attrs.get("encoding-type", type(elem).__name__))
-                if isinstance(elem, h5py.Dataset) and elem.ndim == 2 and elem.dtype.kind in "biuf":
-                    out[f"{axis}/{key}"] = elem
-                elif (enc in ("csr_matrix", "csc_matrix") and isinstance(elem, h5py.Group)
-                      and elem["data"].dtype.kind in "biuf"):
-                    shape = tuple(int(n) for n in elem.attrs["shape"])
-                    out[f"{axis}/{key}"] = (enc[:3], shape, elem["indptr"], elem["indices"],
-                                            elem["data"])
+        def in_memory(v: Any) -> Any:
+            if sp.issparse(v) and v.format in ("csr", "csc"):
+                return (v.format, v.shape, v.indptr, v.indices, v.data)
+            return v if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" else None
+
+        def stored(e: Any) -> Any:
+            if isinstance(e, h5py.Dataset):
+                return e if e.ndim == 2 and e.dtype.kind in "biuf" else None
+            enc = _decode(e.attrs.get("encoding-type", ""))
+            if enc in ("csr_matrix", "csc_matrix") and e["data"].dtype.kind in "biuf":
+                shape = tuple(int(n) for n in e.attrs["shape"])
+                return (enc[:3], shape, e["indptr"], e["indices"], e["data"])
+            return None
+
+        return self._collect(("obsp", "varp"), in_memory, stored)
+
+    def _collect(self, axes: tuple[str, ...], in_memory: Any, stored: Any) -> dict[str, Any]:
+        """The elements under ``axes`` that ``in_memory(value)`` (legacy files, read by
+        anndata) or ``stored(h5py node)`` keeps (not None); the others are named as
+        dropped, with their encoding."""
+        out: dict[str, Any] = {}
+        self._dropped: list[str] = getattr(self, "_dropped", [])
+        for axis in axes:
+            if self.legacy:
+                items = [(k, v, type(v).__name__)
+                         for k, v in getattr(self._legacy(), axis).items()]
+                keep = in_memory
+            else:
+                group = self.file.get(axis)
+                items = [(k, e, _decode(e.attrs.get("encoding-type", type(e).__name__)))
+                         for k, e in group.items()] if isinstance(group, h5py.Group) else []
+                keep = stored
+            for key, value, kind in items:
+                kept = keep(value)
+                if kept is None:
+                    self._dropped.append(f"{axis}/{key} ({kind})")
                 else:
-                    self._dropped.append(f"{axis}/{key} ({enc})")
+                    out[f"{axis}/{key}"] = kept
         return out
 
     def uns(self) -> dict[str, Any]:

@@ -53,8 +53,13 @@ def read_frame(loc: Location, relpath: str, columns: list[str] | None = None) ->
 
 def frame_schema(loc: Location, relpath: str) -> pa.Schema:
     """The schema of a Parquet table without reading its rows."""
+    return frame_footer(loc, relpath).schema.to_arrow_schema()
+
+
+def frame_footer(loc: Location, relpath: str) -> pq.FileMetaData:
+    """A Parquet table's footer: its schema and its row groups' column statistics."""
     with loc.open(relpath, "rb") as f:
-        return pq.read_schema(f)
+        return pq.ParquetFile(f).metadata
 
 
 # -- uns ---------------------------------------------------------------------------
@@ -125,19 +130,28 @@ def write_uns(loc: Location, uns: dict[str, Any]) -> list[str]:
     return dropped
 
 
-def read_uns(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
-    """The store's uns; with ``crc32c`` (recorded at finalise), the file is checked first."""
+def _read_checked(loc: Location, name: str, crc32c: int | None) -> bytes | None:
+    """The bytes of file ``name`` of the store (None when absent), checked against the
+    CRC-32C recorded at finalise when there is one."""
     import google_crc32c
 
-    from scdask.format import UNS_FILE
-
-    if not loc.exists(UNS_FILE):
-        return {}
-    with loc.open(UNS_FILE, "rb") as f:
+    if not loc.exists(name):
+        return None
+    with loc.open(name, "rb") as f:
         raw = f.read()
     if crc32c is not None and google_crc32c.value(raw) != crc32c:
-        raise FormatError(f"{loc.url}: {UNS_FILE} is damaged (its checksum does not match "
-                          "the one recorded in the store)")
+        raise FormatError(f"{loc.url}: {name} is damaged (its checksum does not match the "
+                          "one recorded in the store)")
+    return raw
+
+
+def read_uns(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
+    """The store's uns; with ``crc32c`` (recorded at finalise), the file is checked first."""
+    from scdask.format import UNS_FILE
+
+    raw = _read_checked(loc, UNS_FILE, crc32c)
+    if raw is None:
+        return {}
     try:
         return uns_from_json(json.loads(raw)["uns"])
     except (ValueError, KeyError, TypeError) as e:
@@ -183,19 +197,14 @@ def read_elements(loc: Location, crc32c: int | None = None) -> dict[str, Any]:
     checked against ``crc32c`` (recorded at finalise) first."""
     import io
 
-    import google_crc32c
     import h5py
     from anndata.io import read_elem
 
     from scdask.format import ELEMENTS_FILE
 
-    if not loc.exists(ELEMENTS_FILE):
+    raw = _read_checked(loc, ELEMENTS_FILE, crc32c)
+    if raw is None:
         return {}
-    with loc.open(ELEMENTS_FILE, "rb") as f:
-        raw = f.read()
-    if crc32c is not None and google_crc32c.value(raw) != crc32c:
-        raise FormatError(f"{loc.url}: {ELEMENTS_FILE} is damaged (its checksum does not "
-                          "match the one recorded in the store)")
     out: dict[str, Any] = {}
 
     def walk(group: Any, prefix: str) -> None:
