@@ -32,8 +32,15 @@ from dask.utils import format_bytes, parse_bytes
 from scdask.compute.blocks import Spec, csr_block, view_block
 from scdask.compute.expr import UFUNCS, Expr, const, ufunc
 from scdask.compute.operands import compose
+from scdask.compute.pending import FUSED, CellReduction
 from scdask.compute.proxy import DaskProxy, unwrap, wrap
-from scdask.compute.reductions import REDUCTIONS, Inputs, cell_reduction, gene_reduction
+from scdask.compute.reductions import (
+    REDUCTIONS,
+    Inputs,
+    cell_reduction,
+    gene_reduction,
+    out_dtype,
+)
 from scdask.compute.selection import Base, normalize_axes, select
 
 #: Genes per block of the generic view (sparse blocks; dense blocks take a sixteenth).
@@ -65,6 +72,10 @@ class ScdaskArray(DaskProxy):
     def _new(self, expr: Expr, cell_ops: tuple[Any, ...], gene_ops: tuple[Any, ...],
              base: Base | None = None) -> ScdaskArray:
         return ScdaskArray(base or self._base, expr, cell_ops, gene_ops)
+
+    #: ``(parent, positions)`` when this is ``parent`` at some of its cells (all genes):
+    #: reductions over its cells are then pending (:mod:`scdask.compute.pending`).
+    _origin: tuple[ScdaskArray, np.ndarray] | None = None
 
     # -- shape -------------------------------------------------------------------
     @property
@@ -190,7 +201,19 @@ class ScdaskArray(DaskProxy):
     def _compose(self, build: Any, inputs: tuple[Any, ...]) -> ScdaskArray | None:
         """``build(*trees)`` over ``inputs`` (self-like, scalars, per-cell or per-gene vectors)."""
         out = compose(self, build, inputs)
-        return None if out is None else self._new(*out)
+        if out is None:
+            return None
+        new = self._new(*out)
+        origins = [x._origin for x in inputs if isinstance(x, ScdaskArray)]
+        if all(o is not None and o[0]._base is origins[0][0]._base
+               and np.array_equal(o[1], origins[0][1]) for o in origins) and all(
+                isinstance(x, ScdaskArray) or np.ndim(x) == 0 for x in inputs):
+            # the same function of the parents, at the same cells: reductions stay pending
+            lifted = origins[0][0]._compose(build, tuple(
+                x._origin[0] if isinstance(x, ScdaskArray) else x for x in inputs))
+            if lifted is not None:
+                new._origin = (lifted, origins[0][1])
+        return new
 
     def __array_ufunc__(self, uf: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         if method == "__call__" and not kwargs and uf.nout == 1 and uf.__name__ in UFUNCS:
@@ -222,13 +245,15 @@ class ScdaskArray(DaskProxy):
             if not kwargs and np.ndim(value) == 0 and value is not None:
                 value = const(np.asarray(value).astype(dtype)[()])
                 out = self._new(Expr(("astype", dtype.str, value)), (), ())
+                if self._origin is not None:
+                    parent, cells = self._origin
+                    out._origin = (parent.__array_function__(func, types, (parent, *args[1:]),
+                                                             kwargs), cells)
         elif func is np.where and len(args) == 3 and not kwargs:
             where = self._compose(lambda c, x, y: ("where", c, x, y), args)
             out = NotImplemented if where is None else where
         elif func is np.clip and args and args[0] is self:
             out = self._clip(*args[1:], **kwargs)
-        elif func in (np.result_type, np.can_cast, np.min_scalar_type):
-            out = func(*(a.dtype if isinstance(a, DaskProxy) else a for a in args), **kwargs)
         if out is not NotImplemented:
             return out
         return super().__array_function__(func, types, args, kwargs)
@@ -270,7 +295,10 @@ class ScdaskArray(DaskProxy):
             cell_ops = tuple(_take(o, cells) for o in cell_ops)
         if genes is not None:
             gene_ops = tuple(_take(o, genes) for o in gene_ops)
-        return self._new(self._expr, cell_ops, gene_ops, base)
+        out = self._new(self._expr, cell_ops, gene_ops, base)
+        if cells is not None and genes is None and self.ndim == 2 and not base.drop_cell:
+            out._origin = (self, np.asarray(cells, np.int64))
+        return out
 
     def transpose(self, *axes: Any) -> Any:
         order = tuple(range(self.ndim))[::-1] if axes in ((), (None,)) else tuple(np.ravel(axes))
@@ -320,6 +348,13 @@ class ScdaskArray(DaskProxy):
                              f"numpy's zero-size {op}imum; check the selection (an obs value "
                              "that does not occur?)")
         integer = self.dtype.kind in "biu"
+        if (self._origin is not None and axes == (0,) and not keepdims and op in FUSED
+                and self.ndim == 2):
+            parent, cells = self._origin
+            return CellReduction(
+                parent, cells, lambda: gene_reduction(self.inputs(), op, skipna, ddof, integer,
+                                                      scalar=False),
+                op, skipna, ddof, out_dtype(op, integer), self.shape[1])
         inp = self.inputs()
         if "cell" in kept:
             result = cell_reduction(inp, op, skipna, ddof, integer)

@@ -183,51 +183,56 @@ def dense_partials(block: np.ndarray, axis: int) -> np.ndarray:
 
 
 @jit(nogil=True)
-def label_sums(starts, ends, vals, rows, labels, n_labels):  # pragma: no cover - compiled
-    """Per (label, requested gene): sum, sum of squares and count of non-zero values.
+def label_partials(starts, ends, vals, rows, labels, n_labels):  # pragma: no cover - compiled
+    """Per (label, requested gene), over the stored entries of the label's cells.
 
-    ``labels[r]`` is the group of cell ``r`` of the row group, or -1 to leave it
-    out. Returns coordinate-format triples ``(label, gene, sum, sumsq, nnz)`` of
-    the pairs that have a non-zero value; NaN values are left out.
+    ``labels[r]`` is the label of cell ``r`` of the row group, or -1 to leave it out.
+    Returns ``(label, gene, stats)`` for the pairs with a stored entry, ``stats`` a
+    ``(len(LABEL_STATS), pairs)`` array: entries stored, NaN among them, and of the
+    others their sum, sum of squares, non-zero count, min and max.
     """
     cap = 0
     for j in range(starts.shape[0]):
         cap += ends[j] - starts[j]
     out_l = np.empty(cap, dtype=np.int64)
     out_g = np.empty(cap, dtype=np.int64)
-    out_s = np.empty(cap, dtype=np.float64)
-    out_q = np.empty(cap, dtype=np.float64)
-    out_c = np.empty(cap, dtype=np.int64)
-    acc_s = np.zeros(n_labels, dtype=np.float64)
-    acc_q = np.zeros(n_labels, dtype=np.float64)
-    acc_c = np.zeros(n_labels, dtype=np.int64)
+    out = np.empty((7, cap), dtype=np.float64)
+    acc = np.zeros((7, n_labels), dtype=np.float64)
     touched = np.empty(n_labels, dtype=np.int64)
     m = 0
     for j in range(starts.shape[0]):
         t = 0
         for k in range(starts[j], ends[j]):
             lab = labels[rows[k]]
-            v = vals[k]
-            if lab < 0 or v != v or v == 0:
+            if lab < 0:
                 continue
-            if acc_c[lab] == 0:
+            v = vals[k]
+            if acc[0, lab] == 0:
                 touched[t] = lab
                 t += 1
-            acc_s[lab] += v
-            acc_q[lab] += v * v
-            acc_c[lab] += 1
+                acc[5, lab] = np.inf
+                acc[6, lab] = -np.inf
+            acc[0, lab] += 1
+            if v != v:
+                acc[1, lab] += 1
+                continue
+            acc[2, lab] += v
+            acc[3, lab] += v * v
+            if v != 0:
+                acc[4, lab] += 1
+            if v < acc[5, lab]:
+                acc[5, lab] = v
+            if v > acc[6, lab]:
+                acc[6, lab] = v
         for i in range(t):
             lab = touched[i]
             out_l[m] = lab
             out_g[m] = j
-            out_s[m] = acc_s[lab]
-            out_q[m] = acc_q[lab]
-            out_c[m] = acc_c[lab]
+            for f in range(7):
+                out[f, m] = acc[f, lab]
+                acc[f, lab] = 0.0
             m += 1
-            acc_s[lab] = 0.0
-            acc_q[lab] = 0.0
-            acc_c[lab] = 0
-    return out_l[:m], out_g[:m], out_s[:m], out_q[:m], out_c[:m]
+    return out_l[:m], out_g[:m], out[:, :m]
 
 
 def merge_partials(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -88,8 +88,8 @@ class DaskProxy(DaskMethodsMixin):
 
     def __getattr__(self, name: str) -> Any:
         # anything else is the Dask array's (rechunk, map_blocks, blocks, ...)
-        if name.startswith("__") or not self._ready():
-            raise AttributeError(name)
+        if name.startswith("__") or not self._ready() or not hasattr(da.Array, name):
+            raise AttributeError(name)  # (without building the array: protocol checks ask)
         attr = getattr(self.to_dask_array(), name)
         if not callable(attr):
             return wrap(attr)
@@ -100,7 +100,7 @@ class DaskProxy(DaskMethodsMixin):
         return method
 
     def _ready(self) -> bool:
-        return "_dask" in self.__dict__ or "_base" in self.__dict__
+        return any(k in self.__dict__ for k in ("_dask", "_base", "_pending"))
 
     # -- a Dask collection: its array's graph --------------------------------------
     def __dask_graph__(self) -> Any:
@@ -155,6 +155,8 @@ class DaskProxy(DaskMethodsMixin):
         return wrap(getattr(uf, method)(*unwrap(inputs), **unwrap(kwargs)))
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        if func in (np.result_type, np.can_cast, np.min_scalar_type):  # no graph needed
+            return func(*(a.dtype if isinstance(a, DaskProxy) else a for a in args), **kwargs)
         args, kwargs = unwrap(args), unwrap(kwargs)
         try:
             return wrap(func(*args, **kwargs))
@@ -163,7 +165,12 @@ class DaskProxy(DaskMethodsMixin):
             same = getattr(da, func.__name__, None)
             if same is None:
                 raise
-            return wrap(same(*args, **kwargs))
+            try:
+                return wrap(same(*args, **kwargs))
+            except NotImplementedError:
+                if func is not np.reshape:
+                    raise
+                return wrap(_reshape(*args, **kwargs))
 
     def _binary(self, uf: np.ufunc, other: Any, reflected: bool = False) -> Any:
         a, b = (other, self) if reflected else (self, other)
@@ -191,6 +198,24 @@ class DaskProxy(DaskMethodsMixin):
         from dask.base import tokenize
 
         return hash(tokenize(self))
+
+
+def _reshape(x: da.Array, shape: Any, **kw: Any) -> da.Array:
+    """``np.reshape`` blockwise, for array-expr collections that lack it (xarray's ``unstack``):
+    the axes that keep their length up front keep their blocks, the rest become one block."""
+    if kw:
+        raise NotImplementedError(f"reshape with {sorted(kw)}")
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        shape = tuple(x.size // max(known, 1) if s == -1 else s for s in shape)
+    k = 0
+    while k < min(len(shape), x.ndim) and shape[k] == x.shape[k]:
+        k += 1
+    x = x.rechunk({i: -1 for i in range(k, x.ndim)})
+    chunks = x.chunks[:k] + tuple((s,) for s in shape[k:])
+    return x.map_blocks(lambda b: b.reshape(b.shape[:k] + shape[k:]), chunks=chunks,
+                        dtype=x.dtype, meta=np.empty((0,) * len(shape), x.dtype))
 
 
 def _binary_method(name: str, uf: np.ufunc, reflected: bool = False) -> Any:

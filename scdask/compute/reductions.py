@@ -267,7 +267,7 @@ def _name(prefix: str, x: Any, *args: Any) -> str:
     return f"{prefix}-{tokenize(x, prefix, *args)}"
 
 
-def _out_dtype(op: str, integer: bool) -> np.dtype:
+def out_dtype(op: str, integer: bool) -> np.dtype:
     return np.dtype(np.int64 if integer and op in ("sum", "count") else np.float64)
 
 
@@ -278,7 +278,7 @@ def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool)
                             adjust_chunks={"i": inp.counts}, concatenate=True,
                             align_arrays=False, dtype=np.float64, meta=np.empty((0, 0)),
                             spec=inp.spec, stored=uses_stored_cells(inp.spec, op))
-    dtype = _out_dtype(op, integer)
+    dtype = out_dtype(op, integer)
     result = partials.map_blocks(finalize, name=_name(f"cell-{op}", partials, skipna, ddof),
                                  op=op, skipna=skipna, ddof=ddof, integer=integer,
                                  drop_axis=0, dtype=dtype, meta=np.empty(0, dtype))
@@ -295,7 +295,7 @@ def gene_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool,
     total = da.reduction(partials, _chunk, _merge, combine=_merge, axis=0, split_every=8,
                          concatenate=False, name="gene-partial", dtype=np.float64,
                          meta=np.empty((0, 0)))
-    dtype = _out_dtype(op, integer)
+    dtype = out_dtype(op, integer)
     if scalar:
         return total.map_blocks(_finish, name=_name(f"gene-{op}", total, skipna, ddof, 0),
                                 op=op, skipna=skipna, ddof=ddof, integer=integer, scalar=True,

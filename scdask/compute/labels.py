@@ -1,0 +1,172 @@
+"""Statistics per label (a group of cells) and gene, in one pass over the stored entries.
+
+The mechanism behind :func:`scdask.pseudobulk` and xarray's ``groupby`` on the lazy
+matrix. A task reads one row group's entries of one block of genes under the
+expression and reduces them per label in a compiled kernel
+(:func:`scdask.compute.kernels.label_partials`), as coordinate-format pairs: only the
+(label, gene) pairs with a stored entry. The implicit entries are accounted for when the
+pairs become a dense ``(labels, genes)`` accumulator: each cell's value at zero comes from
+the expression (:class:`~scdask.compute.blocks.Fill`; cells of one label may differ), so
+centred or shifted matrices group exactly, never densified cell by cell. Accumulators of
+one block of genes merge in a tree; :func:`finish` gives numpy's statistic of each group.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from scdask.compute import kernels
+from scdask.compute.blocks import Spec, block_fill, entries
+from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
+from scdask.compute.reductions import Inputs, finalize
+
+#: The rows of an accumulator: non-NaN values, their sum, sum of squares, min and max,
+#: NaN values, non-zero values.
+ACC = ("n", "sum", "sumsq", "min", "max", "nan", "nnz")
+A_N, A_SUM, A_SQ, A_MIN, A_MAX, A_NAN, A_NNZ = range(7)
+#: Bytes of one row of a dense ``(labels, genes)`` accumulator of one block of genes.
+BLOCK_BYTES = 8 << 20
+
+
+def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
+                n_labels: int, drop_masked: bool) -> Any:
+    """One row group × block of genes, per label: the stored pairs and what the implicit
+    entries need (cells per label and value at zero). ``codes`` are the labels of the row
+    group's selected cells (-1: in no group); with ``drop_masked``, cells whose every value
+    is NaN (masked by ``.where``) are in no group either."""
+    sel = sels.reshape(-1)[0]
+    if sel is None:
+        return None
+    unique, inverse = spec.genes(gpos)
+    cells, genes = spec.split(ops)
+    fill = block_fill(spec, sel, cells, genes, len(inverse))
+    codes = np.asarray(codes, np.int64).reshape(-1)
+    if drop_masked:
+        codes = np.where(np.isnan(fill.table).all(axis=1)[fill.labels], -1, codes)
+    n_classes = fill.n_classes
+    combined = np.where(codes >= 0, codes * n_classes + fill.labels, -1)
+    lab = np.full(sel.n_rows, -1, np.int64)
+    lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
+    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True)
+    pairs = kernels.label_partials(starts, ends, vals, rows, lab, n_labels * n_classes)
+    present, counts = np.unique(combined[combined >= 0], return_counts=True)
+    return present, counts, n_classes, fill.table, pairs
+
+
+def empty_acc(n_labels: int, n_genes: int) -> np.ndarray:
+    """The accumulator of nothing: zero counts, ``min = +inf``, ``max = -inf``."""
+    out = np.zeros((len(ACC), n_labels, n_genes))
+    out[A_MIN] = np.inf
+    out[A_MAX] = -np.inf
+    return out
+
+
+def _fold(out: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> None:
+    """Add accumulator rows ``acc`` (for labels ``rows``, repeats allowed) into ``out``."""
+    for i in range(len(ACC)):
+        if i == A_MIN:
+            np.minimum.at(out[i], rows, acc[i])
+        elif i == A_MAX:
+            np.maximum.at(out[i], rows, acc[i])
+        else:
+            np.add.at(out[i], rows, acc[i])
+
+
+def _add_block(out: np.ndarray, part: Any) -> None:
+    present, counts, n_classes, table, (cl, gene, st) = part
+    width = out.shape[2]
+    acc = empty_acc(len(present), width)
+    stored = np.zeros((len(present), width))
+    p = np.searchsorted(present, cl)
+    stored[p, gene] = st[0]
+    for i, row in ((A_NAN, 1), (A_SUM, 2), (A_SQ, 3), (A_NNZ, 4), (A_MIN, 5), (A_MAX, 6)):
+        acc[i][p, gene] = st[row]
+    fill = table[present % n_classes]
+    implicit = counts[:, None] - stored
+    isnan = np.isnan(fill)
+    f = np.where(isnan, 0.0, fill)
+    acc[A_N] = stored - acc[A_NAN] + implicit * ~isnan
+    acc[A_SUM] += implicit * f
+    acc[A_SQ] += implicit * f * f
+    acc[A_NNZ] += implicit * (f != 0)
+    acc[A_NAN] += implicit * isnan
+    some = (implicit > 0) & ~isnan
+    acc[A_MIN] = np.where(some, np.minimum(acc[A_MIN], f), acc[A_MIN])
+    acc[A_MAX] = np.where(some, np.maximum(acc[A_MAX], f), acc[A_MAX])
+    _fold(out, present // n_classes, acc)
+
+
+def merge(parts: Any, n_labels: int, n_genes: int, axis: Any = None, keepdims: bool = False,
+          **kw: Any) -> np.ndarray:
+    """Merge task outputs and accumulators into one dense accumulator (Dask's metadata
+    probes pass empty arrays: they are no accumulator)."""
+    if kw.get("computing_meta"):
+        return np.empty((0,))
+    out = empty_acc(n_labels, n_genes)
+    stack = [parts]
+    while stack:
+        p = stack.pop()
+        if isinstance(p, list):
+            stack.extend(p)
+        elif isinstance(p, np.ndarray):
+            if p.ndim == 3:
+                _fold(out, np.arange(n_labels), p)
+        elif p is not None:
+            _add_block(out, p)
+    return out
+
+
+def _identity(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    return x
+
+
+def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bool = False
+               ) -> da.Array:
+    """The dense accumulators of a lazy matrix's cells by label: ``(7, labels, genes)``,
+    chunked by blocks of genes (one tree of merges each). ``codes`` label the selected
+    cells (-1: in no group)."""
+    n_genes = inp.spec.base.n_sel_genes
+    block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
+    args = inp.args(block, "i", "g")
+    args[4:4] = [da.from_array(np.asarray(codes, np.int64), chunks=(inp.counts,)), "i"]
+    pairs = da.blockwise(label_block, "ig", *args, adjust_chunks={"i": 1}, align_arrays=False,
+                         concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
+                         spec=inp.spec, n_labels=n_labels, drop_masked=drop_masked)
+    bounds = np.cumsum((0, *pairs.chunks[1]))
+    out = []
+    for j, width in enumerate(pairs.chunks[1]):
+        fn = partial(merge, n_labels=n_labels, n_genes=width)
+        acc = da.reduction(pairs[:, bounds[j] : bounds[j + 1]], _identity, fn, combine=fn,
+                           axis=0, split_every=4, concatenate=False, dtype=np.float64,
+                           meta=np.empty((0,)))
+        out.append(acc.map_blocks(_identity, new_axis=[0, 1], chunks=((len(ACC),), (n_labels,),
+                                                                       (width,)),
+                                  dtype=np.float64, meta=np.empty((0, 0, 0))))
+    if not out:
+        return da.from_array(empty_acc(n_labels, 0))
+    return da.concatenate(out, axis=2)
+
+
+def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
+    """numpy's ``op`` over each label's cells, per gene, from an accumulator."""
+    if op == "count_nonzero":
+        return acc[A_NNZ].astype(np.int64)
+    p = np.empty((6, *acc.shape[1:]))
+    n = acc[A_N]
+    p[N], p[SUM], p[MIN], p[MAX], p[NAN] = n, acc[A_SUM], acc[A_MIN], acc[A_MAX], acc[A_NAN]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p[M2] = np.maximum(acc[A_SQ] - acc[A_SUM] ** 2 / np.where(n > 0, n, 1), 0.0)
+    return finalize(p, op, skipna, ddof, integer)
+
+
+def statistic(acc: da.Array, op: str, *, skipna: bool = False, ddof: int = 0,
+              integer: bool = False) -> da.Array:
+    """``op`` per label and gene from :func:`accumulate`'s accumulators: ``(labels, genes)``."""
+    dtype = np.dtype(np.int64 if op == "count_nonzero" or (integer and op in ("sum", "count"))
+                     else np.float64)
+    return acc.map_blocks(finish, op=op, skipna=skipna, ddof=ddof, integer=integer,
+                          drop_axis=0, dtype=dtype, meta=np.empty((0, 0), dtype))
