@@ -75,6 +75,13 @@ class CellIndex(xr.Index):
         attrs = None if not variables else next(iter(variables.values())).attrs
         return {self.dim: xr.Variable(self.dim, self.array, attrs)}
 
+    @classmethod
+    def concat(cls, indexes: Any, dim: Any, positions: Any = None) -> CellIndex:
+        raise NotImplementedError(
+            "scdask datasets are put together along cells by opening their stores as one: "
+            "scdask.open([path1, path2, ...]) (genes aligned by name, every fast path kept); "
+            "xr.concat and xr.open_mfdataset would make a generic Dask array of the matrices")
+
     def to_pandas_index(self) -> pd.Index:
         if self._index is None:
             self._index = pd.Index(np.asarray(self.array), name=self.dim)

@@ -182,6 +182,14 @@ def test_open_dataset_with_chunks_stays_correct(tiny_store, ref):
     assert d.X.data.rechunk({}) is d.X.data and d.X.data.rechunk("auto") is d.X.data
 
 
+def test_open_mfdataset_says_what_to_do(tiny_store):
+    """Concatenating datasets along cells would leave the engine: refused, pointing at
+    scdask.open of the stores together."""
+    with pytest.raises(NotImplementedError, match=r"scdask\.open\(\[path1"):
+        xr.open_mfdataset([tiny_store, tiny_store], engine="scdask", combine="nested",
+                          concat_dim="cell")
+
+
 SNIPPETS = """
 import numpy as np, scdask
 ds = scdask.open({store!r})

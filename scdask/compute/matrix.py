@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from scdask.compute.array import ScdaskArray
+from scdask.compute.blocks import block_fill, entries
 from scdask.compute.expr import Expr
-from scdask.compute.selection import Base
+from scdask.compute.selection import Base, GroupSel
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,33 @@ class Matrix:
     def fill(self) -> float | None:
         """What the implicit zeros become under :attr:`expr` (None: it varies by cell or gene)."""
         return self.array.spec.constant_fill
+
+    @functools.cached_property
+    def operands(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The per-cell and per-gene operands' values (lazy ones computed, once)."""
+        import dask
+
+        cells = [np.asarray(o).reshape(-1) for o in dask.compute(*self.array._cell_ops)]
+        genes = [np.asarray(o).reshape(-1) for o in dask.compute(*self.array._gene_ops)]
+        return cells, genes
+
+    def entries(self, sel: GroupSel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One row group's stored entries of the selected genes under the expression:
+        ``starts, ends, values, rows``, ``starts[j]:ends[j]`` the entries of the selection's
+        gene ``j`` (repeats included), ``rows`` local to the row group, values in the
+        expression's dtype. A ValueError names the row group where the implicit zeros
+        would not stay zeros (a sparse result cannot hold that)."""
+        spec = self.array.spec
+        cells, genes = self.operands
+        cells = [c[sel.first : sel.first + sel.count] for c in cells]
+        unique, inverse = spec.genes(np.arange(self.base.n_sel_genes))
+        fill = block_fill(spec, sel, cells, genes, len(inverse))
+        if np.any(fill.table != 0):
+            raise ValueError(
+                f"{sel.part.store.url}: row group {sel.group}: {spec.expr} makes the implicit "
+                f"zeros {np.unique(fill.table)[:3].tolist()}, not zeros; the sparse values "
+                "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
+        return entries(spec, sel, unique, inverse, cells, genes, True, native=True)
 
     @property
     def genes(self) -> np.ndarray:

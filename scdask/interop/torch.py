@@ -114,11 +114,14 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         m = as_matrix(ds, var, caller="CellDataset")
         x = m.data
         self.base = m.base
-        if not m.expr.is_identity:
+        self._matrix = None if m.expr.is_identity else m  # an expression: read through it
+        if self._matrix is not None:
+            self._matrix.operands  # noqa: B018 - lazy operands computed once, here
+        if self._matrix is not None and (normalize or log1p):
             raise ValueError(
-                f"CellDataset streams stored values; this selection is an expression ({m.expr}). "
-                "Use normalize=/log1p= for those transforms, where=... (or .where(..., "
-                "drop=True)) to filter cells")
+                f"this selection is already an expression ({m.expr}); normalize=/log1p= would "
+                "transform it again: put every transform in the expression (scdask.pp) or "
+                "stream the stored values with normalize=/log1p=")
         if self.base.n_sel_cells == 0:
             raise ValueError(f"CellDataset: the selection has no cells (where={where!r}): an "
                              "epoch would yield nothing; check the obs values")
@@ -186,6 +189,8 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
     # -- reading -------------------------------------------------------------------
     def _read(self, sel: GroupSel) -> tuple[np.ndarray, ...]:
         """One row group's entries of the selected genes, gene-major (the selection's order)."""
+        if self._matrix is not None:
+            return self._matrix.entries(sel)
         starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, self.unique, Expr(), True)
         if self.inverse is not None:  # the selection's gene order, repeats included
             starts, ends = starts[self.inverse], ends[self.inverse]
