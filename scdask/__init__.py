@@ -14,6 +14,7 @@ _LAZY = {
     "open": "scdask.backend",
     "pp": "scdask.pp",
     "pseudobulk": "scdask.compute.groupby",
+    "tl": "scdask.tl",
     "to_anndata": "scdask.interop.anndata",
 }
 

@@ -55,10 +55,13 @@ def normalize_total(ds: xr.Dataset, target_sum: float | None = None, *,
     if target_sum is None:
         t = np.asarray(totals.values, dtype=np.float64)
         target_sum = float(np.median(t[t > 0])) if (t > 0).any() else 1.0
-    scale = target_sum / (totals + (totals == 0))  # scanpy's: a total of 0 divides by 1
-    # scanpy's result dtype: float64 stays float64, anything else becomes float32
+    # scanpy's result dtype (float64 stays float64, anything else becomes float32) and its
+    # arithmetic in that dtype, so that values — and their ties, for rank tests — are the
+    # same to the bit: each value divided by total / target_sum, a factor of 0 being 1
     dtype = np.float64 if x.dtype == np.float64 else np.float32
-    return _with(ds, layer, x.astype(dtype) * scale.astype(dtype))
+    factor = totals.astype(dtype) / np.asarray(target_sum, dtype)
+    factor = factor + (factor == 0)
+    return _with(ds, layer, x.astype(dtype) / factor)
 
 
 def log1p(ds: xr.Dataset, *, base: float | None = None, layer: str | None = None) -> xr.Dataset:
@@ -67,6 +70,7 @@ def log1p(ds: xr.Dataset, *, base: float | None = None, layer: str | None = None
     y = np.log1p(x)
     if base is not None:
         y = y / np.log(base)
+        y.attrs["log1p_base"] = base  # scanpy's uns["log1p"]["base"]: fold changes use it
     return _with(ds, layer, y)
 
 

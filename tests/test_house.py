@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "scdask"
 
 # Rooms in the order data flows; a module imports only from its own room or rooms before it.
-ROOMS = ["format", "sources", "store", "conversion", "compute", "pp", "backend", "interop"]
+ROOMS = ["format", "sources", "store", "conversion", "compute", "pp", "tl", "backend", "interop"]
 # Utilities import no room (and any room may import them).
 UTILITIES = {"_version", "_jit", "parallel", "clusters", "datasets"}
 # The top: the package root, the command line and the documented shims may import anything.

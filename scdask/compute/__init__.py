@@ -14,6 +14,8 @@ Modules, in the order they build on each other:
 - :mod:`~scdask.compute.reductions`: sum, mean, var, ... from the description
 - :mod:`~scdask.compute.array`: :class:`ScdaskArray`, the Dask array users see
 - :mod:`~scdask.compute.matrix`: :func:`as_matrix`, the checked way in for other rooms
+- :mod:`~scdask.compute.labels`: statistics per group of cells, one pass (:func:`grouped`)
+- :mod:`~scdask.compute.pending`: reductions of cell selections that fuse when stacked
 - :mod:`~scdask.compute.groupby`: pseudobulk per group of cells
 """
 
@@ -22,9 +24,10 @@ from __future__ import annotations
 from scdask.compute.array import ScdaskArray
 from scdask.compute.expr import Expr
 from scdask.compute.kernels import count_cells, scatter_rows
+from scdask.compute.labels import grouped
 from scdask.compute.matrix import Matrix, as_matrix
 from scdask.compute.reading import read_gene_runs
 from scdask.compute.selection import Base, GroupSel, Part
 
 __all__ = ["Base", "Expr", "GroupSel", "Matrix", "Part", "ScdaskArray", "as_matrix",
-           "count_cells", "read_gene_runs", "scatter_rows"]
+           "count_cells", "grouped", "read_gene_runs", "scatter_rows"]

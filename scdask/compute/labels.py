@@ -170,3 +170,11 @@ def statistic(acc: da.Array, op: str, *, skipna: bool = False, ddof: int = 0,
                      else np.float64)
     return acc.map_blocks(finish, op=op, skipna=skipna, ddof=ddof, integer=integer,
                           drop_axis=0, dtype=dtype, meta=np.empty((0, 0), dtype))
+
+
+def grouped(array: Any, codes: np.ndarray, n_labels: int, stats: Any) -> list[da.Array]:
+    """Statistics of a lazy matrix's cells by label, from one pass: ``stats`` are
+    ``(op, ddof)`` pairs (``op`` a :func:`finish` statistic, NaN skipped), each result a
+    lazy ``(labels, genes)`` float64 array. ``codes`` label the selected cells (-1: none)."""
+    acc = accumulate(array.inputs(), codes, n_labels)
+    return [statistic(acc, op, skipna=True, ddof=ddof) for op, ddof in stats]

@@ -64,23 +64,29 @@ class Matrix:
         genes = [np.asarray(o).reshape(-1) for o in dask.compute(*self.array._gene_ops)]
         return cells, genes
 
-    def entries(self, sel: GroupSel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def entries(self, sel: GroupSel, genes: slice | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One row group's stored entries of the selected genes under the expression:
         ``starts, ends, values, rows``, ``starts[j]:ends[j]`` the entries of the selection's
         gene ``j`` (repeats included), ``rows`` local to the row group, values in the
-        expression's dtype. A ValueError names the row group where the implicit zeros
-        would not stay zeros (a sparse result cannot hold that)."""
+        expression's dtype; ``genes``: only those of the selection's genes. A ValueError
+        names the row group where the implicit zeros would not stay zeros (a sparse result
+        cannot hold that)."""
         spec = self.array.spec
-        cells, genes = self.operands
+        cells, gene_ops = self.operands
         cells = [c[sel.first : sel.first + sel.count] for c in cells]
-        unique, inverse = spec.genes(np.arange(self.base.n_sel_genes))
-        fill = block_fill(spec, sel, cells, genes, len(inverse))
+        gpos = np.arange(self.base.n_sel_genes)
+        if genes is not None:
+            gpos = gpos[genes]
+            gene_ops = [g[genes] for g in gene_ops]
+        unique, inverse = spec.genes(gpos)
+        fill = block_fill(spec, sel, cells, gene_ops, len(inverse))
         if np.any(fill.table != 0):
             raise ValueError(
                 f"{sel.part.store.url}: row group {sel.group}: {spec.expr} makes the implicit "
                 f"zeros {np.unique(fill.table)[:3].tolist()}, not zeros; the sparse values "
                 "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
-        return entries(spec, sel, unique, inverse, cells, genes, True, native=True)
+        return entries(spec, sel, unique, inverse, cells, gene_ops, True, native=True)
 
     @property
     def genes(self) -> np.ndarray:

@@ -1,0 +1,147 @@
+"""``scdask.tl.rank_genes_groups`` against scanpy's on the same data (issue 18)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scdask
+from tests.conftest import shared_params
+from tests.test_pp import _read
+
+sc = pytest.importorskip("scanpy")
+
+COLUMNS = ["scores", "logfoldchanges", "pvals", "pvals_adj", "pct_nz_group", "pct_nz_reference"]
+
+
+@pytest.fixture(scope="module")
+def theirs(tiny_plate):
+    a = _read(tiny_plate)
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    for c in ("drug", "cell_line"):
+        a.obs[c] = a.obs[c].astype(str)
+    return a
+
+
+@pytest.fixture(scope="module")
+def lognorm(ds):
+    return scdask.pp.log1p(scdask.pp.normalize_total(ds, target_sum=1e4))
+
+
+def _scanpy(a, groupby, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.rank_genes_groups(a, groupby, use_raw=False, **kw)
+    return sc.get.rank_genes_groups_df(a, group=None)
+
+
+def _compare(got: pd.DataFrame, want: pd.DataFrame, rtol: float) -> None:
+    """Equal per (group, gene) — the order of genes with tied scores is not defined."""
+    keys = ["group", "names"] if "group" in want else ["names"]
+    assert list(got.columns) == list(want.columns)
+    assert len(got) == len(want)
+    both = got.merge(want, on=keys, suffixes=("", "_sc"))
+    assert len(both) == len(want)
+    for c in [c for c in COLUMNS if c in want]:
+        np.testing.assert_allclose(both[c].to_numpy(np.float64), both[f"{c}_sc"].to_numpy(
+            np.float64), rtol=rtol, atol=rtol * 1e-3, err_msg=c)
+    for key, g in got.groupby(keys[:-1] or (lambda _: 0), observed=True):
+        assert (np.diff(g["scores"].to_numpy()) <= 0).all(), key  # best first
+
+
+@pytest.mark.parametrize("reference", ["rest", "CVCL_1001"])
+@pytest.mark.parametrize("tie_correct", [False, True])
+def test_wilcoxon_is_scanpys_exactly(lognorm, theirs, reference, tie_correct):
+    """Exact rank sums from the stored entries: scanpy's scores and p-values to the last bit
+    (normalize_total computes as scanpy does, so the values and their ties are the same)."""
+    lines = sorted(theirs.obs["cell_line"].unique())
+    if reference != "rest":
+        assert reference in lines
+    kw = dict(groups=lines[:3], reference=reference, method="wilcoxon", pts=True,
+              tie_correct=tie_correct)
+    got = scdask.tl.rank_genes_groups(lognorm, "cell_line", **kw)
+    _compare(got, _scanpy(theirs, "cell_line", **kw), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["t-test", "t-test_overestim_var"])
+def test_t_tests_equal_scanpys(ds, lognorm, theirs, tiny_plate, method):
+    # counts: exact; log-normalized float32 values: scanpy squares them in float32 before
+    # summing (its sparse mean_var), scdask in float64, so scores agree to ~1e-5
+    counts = _read(tiny_plate)
+    counts.obs["drug"] = counts.obs["drug"].astype(str)
+    got = scdask.tl.rank_genes_groups(ds, "drug", method=method, pts=True)
+    _compare(got, _scanpy(counts, "drug", method=method, pts=True), rtol=1e-9)
+    kw = dict(method=method, reference="DMSO_TF", n_genes=50)
+    got = scdask.tl.rank_genes_groups(lognorm, "drug", **kw)
+    want = _scanpy(theirs, "drug", **kw)
+    assert got.groupby("group", observed=True).size().eq(50).all()
+    both = got.merge(want, on=["group", "names"])
+    assert len(both) > 0.95 * len(want)  # the same top genes (ties at the edge may differ)
+    np.testing.assert_allclose(both["scores_x"], both["scores_y"], rtol=1e-4)
+    np.testing.assert_allclose(both["logfoldchanges_x"], both["logfoldchanges_y"], rtol=1e-6)
+
+
+def test_wrong_requests_say_so(lognorm):
+    with pytest.raises(ValueError, match="reference = nope"):
+        scdask.tl.rank_genes_groups(lognorm, "drug", reference="nope")
+    with pytest.raises(ValueError, match="logreg"):
+        scdask.tl.rank_genes_groups(lognorm, "drug", method="logreg")
+    with pytest.raises(ValueError, match="Specify a sequence"):
+        scdask.tl.rank_genes_groups(lognorm, "drug", groups="DMSO_TF")
+    drugs = lognorm.drug.values
+    a, b = np.flatnonzero(drugs == drugs[0])[:1], np.flatnonzero(drugs != drugs[0])[:2]
+    one = lognorm.isel(cell=np.sort(np.concatenate([a, b])))
+    with pytest.raises(ValueError, match="only contain one sample"):
+        scdask.tl.rank_genes_groups(one, "drug")
+    centred = scdask.pp.scale(lognorm.isel(gene=slice(0, 20)))
+    with pytest.raises(ValueError, match="not zeros"):
+        scdask.tl.rank_genes_groups(centred, "drug", method="wilcoxon")
+
+
+def _categorical(a) -> str | None:
+    for c in a.obs.columns:
+        s = a.obs[c]
+        if isinstance(s.dtype, pd.CategoricalDtype) and 2 <= len(s.cat.categories) <= 30:
+            counts = s.value_counts()
+            if (counts[counts > 0] >= 2).all() and (counts > 0).sum() >= 2:
+                return c
+    return None
+
+
+@pytest.mark.parametrize("path", shared_params())
+def test_shared_files_rank_as_scanpy(path, tmp_path):
+    """Every shared file with X and a categorical obs column: counts log-normalized first
+    (other values as stored, negative ones too), Wilcoxon exactly as scanpy, t-test to
+    float32's precision."""
+    a = _read(path)
+    X = a.X
+    if X is None or a.n_obs < 10:
+        pytest.skip("no X")
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    col = _categorical(a)
+    if col is None:
+        pytest.skip("no categorical obs column with groups of two cells or more")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(path, tmp_path / "s.zarr", workers=0)
+    ds = scdask.open(tmp_path / "s.zarr")
+    if values.size and (values >= 0).all() and np.all(values == np.round(values)):
+        ds = scdask.pp.log1p(scdask.pp.normalize_total(ds, target_sum=1e4))
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
+    a.obs[col] = a.obs[col].cat.remove_unused_categories()
+    got = scdask.tl.rank_genes_groups(ds, col, method="wilcoxon", use_raw=False)
+    _compare(got, _scanpy(a, col, method="wilcoxon"), rtol=1e-12)
+    got = scdask.tl.rank_genes_groups(ds, col, method="t-test", use_raw=False)
+    want = _scanpy(a, col, method="t-test")
+    both = got.merge(want, on=[k for k in ("group", "names") if k in want])
+    # scanpy's variance of a constant gene in a group (scaled data) can cancel to a tiny
+    # negative number: its t is NaN, reported as score 0, p-value 1; scdask's is 0
+    nan_there = (both["scores_y"] == 0) & (both["pvals_y"] == 1)
+    np.testing.assert_allclose(both["pvals_x"][~nan_there], both["pvals_y"][~nan_there],
+                               rtol=1e-3, atol=1e-12)
