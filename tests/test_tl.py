@@ -145,3 +145,33 @@ def test_shared_files_rank_as_scanpy(path, tmp_path):
     nan_there = (both["scores_y"] == 0) & (both["pvals_y"] == 1)
     np.testing.assert_allclose(both["pvals_x"][~nan_there], both["pvals_y"][~nan_there],
                                rtol=1e-3, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["wilcoxon", "t-test"])
+def test_every_drug_against_control_within_each_cell_line(lognorm, theirs, method):
+    """One pass for every (drug, cell line) against the cell line's control: each stratum
+    equal to scanpy run on that cell line alone."""
+    got = scdask.tl.rank_genes_groups(lognorm, "drug", reference="DMSO_TF", within="cell_line",
+                                      method=method, tie_correct=True)
+    assert list(got.columns[:3]) == ["group", "cell_line", "names"]
+    checked = 0
+    for line in sorted(theirs.obs["cell_line"].unique())[:2]:
+        sub = theirs[theirs.obs["cell_line"] == line].copy()
+        counts = sub.obs["drug"].value_counts()
+        if counts.get("DMSO_TF", 0) < 2:
+            continue
+        drugs = sorted(d for d, c in counts.items() if c >= 2 and d != "DMSO_TF")[:5]
+        want = _scanpy(sub, "drug", groups=drugs, reference="DMSO_TF", method=method,
+                       tie_correct=True)
+        mine = got[(got["cell_line"] == line) & got["group"].isin(drugs)].drop(
+            columns="cell_line")
+        mine = mine.assign(group=mine["group"].astype(str))
+        want = want.assign(group=want["group"].astype(str))
+        both = mine.merge(want, on=["group", "names"], suffixes=("", "_sc"))
+        assert len(both) == len(want) == len(mine)
+        rtol = 1e-12 if method == "wilcoxon" else 1e-3  # scanpy squares float32 in float32
+        np.testing.assert_allclose(both["scores"], both["scores_sc"], rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(both["pvals"], both["pvals_sc"], rtol=max(rtol, 1e-9) * 10,
+                                   atol=1e-12)
+        checked += 1
+    assert checked

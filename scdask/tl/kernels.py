@@ -38,15 +38,17 @@ def sort_by_gene_value(gene, vals, labels, n_genes):  # pragma: no cover - compi
 
 
 @jit(nogil=True)
-def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compiled
+def rank_sums(offsets, vals, labels, n_cells, ref_of, rest):  # pragma: no cover - compiled
     """Per label and gene, the sum of the ranks of the label's cells, ties averaged.
 
     ``offsets[j]:offsets[j+1]`` are gene ``j``'s stored entries sorted by value, with their
     cells' labels; ``n_cells[l]`` the cells of label ``l`` (the cells a label has no entry
-    for are zeros). ``ref < 0``: ranks among all cells, ties counted over all cells
-    (returned in row 0 of ``ties``); else among the cells of each label and label ``ref``,
-    ties of each such pair in the label's row. NaN values are left out. Returns
-    ``(sums, ties)``, ``ties`` the sum of ``t**3 - t`` over the blocks of ``t`` tied values.
+    for are zeros). ``ref_of[l]`` is the label that label ``l`` is compared with. With
+    ``rest``: ranks among all cells, ties counted over all cells (in row 0 of
+    ``ties``); else among the cells of each label and its reference, ties of each such pair
+    in the label's row (a label that is a reference, or has none, is left out). NaN values
+    are left out. Returns ``(sums, ties)``, ``ties`` the sum of ``t**3 - t`` over the blocks
+    of ``t`` tied values.
     """
     n_labels = n_cells.shape[0]
     n_genes = offsets.shape[0] - 1
@@ -56,6 +58,7 @@ def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compil
     cnt = np.zeros(n_labels)
     less = np.zeros(n_labels)
     touched = np.empty(n_labels, dtype=np.int64)
+    ref_ties = np.zeros(n_labels)
     for j in range(n_genes):
         a, b = offsets[j], offsets[j + 1]
         stored[:] = 0.0
@@ -66,7 +69,7 @@ def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compil
             b -= 1
         zero_done = False
         less_all = 0.0
-        ref_ties = 0.0
+        ref_ties[:] = 0.0
         k = a
         while True:
             if k < b:
@@ -101,7 +104,7 @@ def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compil
                             touched[t] = lab
                             t += 1
                         cnt[lab] += imp
-            if ref < 0:
+            if rest:
                 total = 0.0
                 for i in range(t):
                     total += cnt[touched[i]]
@@ -113,13 +116,16 @@ def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compil
                     ties[0, j] += total * total * total - total
                     less_all += total
             else:
-                c_ref = cnt[ref]
-                ref_ties += c_ref * c_ref * c_ref - c_ref
+                for i in range(t):  # every label's ties alone: those of the references count
+                    c = cnt[touched[i]]
+                    ref_ties[touched[i]] += c * c * c - c
                 for i in range(t):
                     lab = touched[i]
-                    if lab == ref:
+                    ref = ref_of[lab]
+                    if ref < 0 or ref == lab:
                         continue
                     c = cnt[lab]
+                    c_ref = cnt[ref]
                     sums[lab, j] += c * (less[lab] + less[ref] + (c + c_ref + 1.0) / 2.0)
                     both = c + c_ref
                     ties[lab, j] += both * both * both - both - (c_ref * c_ref * c_ref - c_ref)
@@ -128,7 +134,8 @@ def rank_sums(offsets, vals, labels, n_cells, ref):  # pragma: no cover - compil
             for i in range(t):
                 cnt[touched[i]] = 0.0
             k = k2
-        if ref >= 0:
+        if not rest:
             for lab in range(n_labels):
-                ties[lab, j] += ref_ties
+                if ref_of[lab] >= 0 and ref_of[lab] != lab:
+                    ties[lab, j] += ref_ties[ref_of[lab]]
     return sums, ties

@@ -93,7 +93,8 @@ def _bh(p: np.ndarray) -> np.ndarray:
 
 
 def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int,
-                    n_cells: np.ndarray, ref: int) -> tuple[np.ndarray, np.ndarray]:
+                    n_cells: np.ndarray, ref_of: np.ndarray, rest: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Rank sums and ties of genes ``lo:hi`` over every cell of the selection."""
     genes, vals, labs = [], [], []
     for sel in sels:
@@ -112,10 +113,10 @@ def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: 
         np.concatenate(genes) if genes else np.zeros(0, np.int64),
         np.concatenate(vals) if vals else np.zeros(0), np.concatenate(labs) if labs else
         np.zeros(0, np.int64), hi - lo)
-    return kernels.rank_sums(offsets, v, lab, n_cells.astype(np.float64), ref)
+    return kernels.rank_sums(offsets, v, lab, n_cells.astype(np.float64), ref_of, rest)
 
 
-def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref: int,
+def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndarray, rest: bool,
               gene_nnz: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Rank sums and tie sums ``(labels, genes)``, one task per block of genes."""
     n_genes = m.base.n_sel_genes
@@ -132,7 +133,7 @@ def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref: int,
     sels = m.base.groups
     # the matrix bound in the function: Dask would take the dataclass apart as an argument
     block = dask.delayed(partial(_wilcoxon_block, m), pure=True)
-    parts = dask.compute(*[block(sels, codes, lo, hi, n_cells, ref)
+    parts = dask.compute(*[block(sels, codes, lo, hi, n_cells, ref_of, rest)
                            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo])
     if not parts:
         return np.zeros((len(n_cells), 0)), np.zeros((len(n_cells), 0))
@@ -154,6 +155,7 @@ def rank_genes_groups(
     corr_method: Literal["benjamini-hochberg", "bonferroni"] = "benjamini-hochberg",
     layer: str | None = None,
     use_raw: bool | None = None,
+    within: str | None = None,
 ) -> pd.DataFrame:
     """Rank genes for characterizing groups, as ``scanpy.tl.rank_genes_groups``.
 
@@ -184,6 +186,10 @@ def rank_genes_groups(
     layer, use_raw
         Test this matrix instead of ``X`` (``use_raw=None``: ``raw`` when there is one, as
         scanpy).
+    within
+        An obs column (not scanpy's): test each group against the reference group of the
+        same value of ``within`` (every drug against the control within each cell line),
+        all in the same pass; strata where either side has under two cells are left out.
 
     Returns
     -------
@@ -191,7 +197,7 @@ def rank_genes_groups(
         What ``scanpy.get.rank_genes_groups_df(adata, group=None)`` gives: ``group``
         (categorical; left out for one group), ``names``, ``scores``, ``logfoldchanges``,
         ``pvals``, ``pvals_adj`` and with ``pts`` the fractions, each group's genes best
-        score first.
+        score first; with ``within``, a column of that name after ``group``.
 
     Examples
     --------
@@ -211,83 +217,97 @@ def rank_genes_groups(
     x = m.data
     order, codes = _groups(np.asarray(ds[groupby].values), groups, reference, groupby)
     n_groups = len(order)
-    other = np.where(codes < 0, n_groups, codes)  # cells of no tested group: label n_groups
-    n_cells = np.bincount(other, minlength=n_groups + 1).astype(np.float64)
+    ref = -1 if reference == "rest" else order.index(reference)
+    strata: list[Any] = [None]
+    scode = np.zeros(len(codes), np.int64)
+    if within is not None:
+        if ref < 0:
+            raise NotImplementedError("within= tests each group against the reference group "
+                                      "of the same stratum: give reference=")
+        cat = pd.Categorical(np.asarray(ds[within].values))
+        strata, scode = list(cat.categories), np.asarray(cat.codes, np.int64)
+    n_s = len(strata)
+    # label of a cell: (its group, or n_groups for no tested group) × its stratum
+    labels = np.where(scode < 0, -1, np.where(codes < 0, n_groups, codes) * n_s + scode)
+    n_labels = (n_groups + 1) * n_s
+    n_cells = np.bincount(labels[labels >= 0], minlength=n_labels).astype(np.float64)
     with warnings.catch_warnings():  # a label of no cell (or one): its statistics unused
         warnings.simplefilter("ignore", RuntimeWarning)
         mean, var, nnz = (np.asarray(a) for a in dask.compute(*grouped(
-            m.array, other, n_groups + 1, [("mean", 0), ("var", 1), ("count_nonzero", 0)])))
+            m.array, labels, n_labels, [("mean", 0), ("var", 1), ("count_nonzero", 0)])))
     n = n_cells[:, None]
     mean, var = np.where(n > 0, mean, 0.0), np.where(n > 1, var, 0.0)
-    total = n_cells.sum()
-    sums, sumsq = mean * n, np.where(n > 1, var * (n - 1), 0.0) + mean * mean * n
-    ref = -1 if reference == "rest" else order.index(reference)
-    if ref < 0:
+    ref_of = np.full(n_labels, -1, np.int64)
+    if ref < 0:  # each label against every other cell
+        total = n_cells.sum()
+        sums, sumsq = mean * n, var * np.maximum(n - 1, 0) + mean * mean * n
         n_rest = total - n
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_rest = (sums.sum(0) - sums) / n_rest
             var_rest = ((sumsq.sum(0) - sumsq) - mean_rest ** 2 * n_rest) / (n_rest - 1)
         nnz_rest = nnz.sum(0) - nnz
     else:
-        n_rest = np.broadcast_to(n[ref], n.shape)
-        mean_rest = np.broadcast_to(mean[ref], mean.shape)
-        var_rest = np.broadcast_to(var[ref], var.shape)
+        for g in range(n_groups):
+            ref_of[g * n_s : (g + 1) * n_s] = ref * n_s + np.arange(n_s)
+        r = np.maximum(ref_of, 0)
+        n_rest, mean_rest, var_rest, nnz_rest = n[r], mean[r], var[r], nnz[r]
     if method == "wilcoxon":
         gnnz = x.coords.get(f"{x.dims[1]}_nnz")
-        sums_r, ties = _wilcoxon(m, other, n_cells, ref,
+        sums_r, ties = _wilcoxon(m, labels, n_cells, ref_of, ref < 0,
                                  None if gnnz is None else np.asarray(gnnz.values))
     names = np.asarray(x[x.dims[1]].values).astype(str)
     expm1 = _expm1(m)
     frames = []
     for g, name in enumerate(order):
-        if g == ref:
-            continue
-        n1 = n_cells[g]
-        n2 = float(n_rest[g, 0]) if ref < 0 else n_cells[ref]
-        if method == "wilcoxon":
-            pooled = total if ref < 0 else n1 + n2
-            tc = 1.0
-            if tie_correct:
-                t = ties[0] if ref < 0 else ties[g]
-                tc = 1.0 - t / (pooled ** 3 - pooled) if pooled >= 2 else np.ones_like(t)
-            with np.errstate(invalid="ignore", divide="ignore"):
+        for k, stratum in enumerate(strata):
+            lab = g * n_s + k
+            if g == ref or (within is not None and min(n_cells[lab], n_rest[lab, 0]) < 2):
+                continue  # the reference, or a stratum where either side has under 2 cells
+            n1, n2 = n_cells[lab], float(n_rest[lab, 0])
+            if method == "wilcoxon":
+                scores = _wilcoxon_scores(sums_r[lab], ties[0 if ref < 0 else lab], n1, n2,
+                                          tie_correct)
+                pvals = 2 * stats.norm.sf(np.abs(scores))
+            else:
+                with np.errstate(invalid="ignore"):
+                    scores, pvals = stats.ttest_ind_from_stats(
+                        mean1=mean[lab], std1=np.sqrt(var[lab]), nobs1=n1,
+                        mean2=mean_rest[lab], std2=np.sqrt(var_rest[lab]),
+                        nobs2=n2 if method == "t-test" else n1, equal_var=False)
+                scores, pvals = np.asarray(scores, np.float64), np.asarray(pvals, np.float64)
+                scores[np.isnan(scores)] = 0
+                pvals[np.isnan(pvals)] = 1
+            adj = _bh(pvals) if corr_method == "benjamini-hochberg" else np.minimum(
+                pvals * len(pvals), 1.0)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                lfc = np.log2((expm1(mean[lab]) + 1e-9) / (expm1(mean_rest[lab]) + 1e-9))
+            top = np.argsort(-(np.abs(scores) if rankby_abs else scores), kind="stable")
+            top = top[: len(top) if n_genes is None else n_genes]
+            f = pd.DataFrame({"group": str(name), "names": names[top],
+                              "scores": scores[top].astype(np.float32),
+                              "logfoldchanges": lfc[top].astype(np.float32),
+                              "pvals": pvals[top], "pvals_adj": adj[top]})
+            if within is not None:
+                f.insert(1, within, stratum)
+            if pts:
+                f["pct_nz_group"] = nnz[lab][top] / n1
                 if ref < 0:
-                    scores = (sums_r[g] - n1 * (total + 1) / 2.0) / np.sqrt(
-                        tc * n1 * (total - n1) * (total + 1) / 12.0)
-                else:
-                    scores = (sums_r[g] - n1 * (n1 + n2 + 1) / 2.0) / np.sqrt(
-                        tc * n1 * n2 * (n1 + n2 + 1) / 12.0)
-            scores[np.isnan(scores)] = 0
-            pvals = 2 * stats.norm.sf(np.abs(scores))
-        else:
-            nobs2 = n2 if method == "t-test" else n1
-            with np.errstate(invalid="ignore"):
-                scores, pvals = stats.ttest_ind_from_stats(
-                    mean1=mean[g], std1=np.sqrt(var[g]), nobs1=n1, mean2=mean_rest[g],
-                    std2=np.sqrt(var_rest[g]), nobs2=nobs2, equal_var=False)
-            scores, pvals = np.asarray(scores, np.float64), np.asarray(pvals, np.float64)
-            scores[np.isnan(scores)] = 0
-            pvals[np.isnan(pvals)] = 1
-        if corr_method == "benjamini-hochberg":
-            adj = _bh(pvals)
-        else:
-            adj = np.minimum(pvals * len(pvals), 1.0)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            lfc = np.log2((expm1(mean[g]) + 1e-9) / (expm1(mean_rest[g]) + 1e-9))
-        top = np.argsort(-(np.abs(scores) if rankby_abs else scores), kind="stable")
-        top = top[: len(top) if n_genes is None else n_genes]
-        f = pd.DataFrame({"group": str(name), "names": names[top],
-                          "scores": scores[top].astype(np.float32),
-                          "logfoldchanges": lfc[top].astype(np.float32),
-                          "pvals": pvals[top], "pvals_adj": adj[top]})
-        if pts:
-            f["pct_nz_group"] = nnz[g][top] / n1
-            if ref < 0:
-                f["pct_nz_reference"] = nnz_rest[g][top] / n2
-        frames.append(f)
+                    f["pct_nz_reference"] = nnz_rest[lab][top] / n2
+            frames.append(f)
     out = pd.concat(frames, ignore_index=True)
     tested = [str(g) for i, g in enumerate(order) if i != ref]  # scanpy's: names as str
     out["group"] = pd.Categorical(out["group"], categories=tested)
-    if len(tested) == 1:
+    if len(tested) == 1 and within is None:
         out = out.drop(columns="group")
     return out
+
+
+def _wilcoxon_scores(sums: np.ndarray, ties: np.ndarray, n1: float, n2: float,
+                     tie_correct: bool) -> np.ndarray:
+    """z-scores of rank sums (scanpy's normal approximation; pooled over ``n1 + n2``)."""
+    pooled = n1 + n2
+    tc = 1.0 - ties / (pooled ** 3 - pooled) if tie_correct and pooled >= 2 else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = (sums - n1 * (pooled + 1) / 2.0) / np.sqrt(tc * n1 * n2 * (pooled + 1) / 12.0)
+    scores[np.isnan(scores)] = 0
+    return scores
