@@ -145,3 +145,57 @@ def test_shared_counts_give_scanpys_highly_variable_genes(path, tmp_path):
         got = scdask.pp.highly_variable_genes(lognorm, flavor=flavor)
         np.testing.assert_allclose(got["means"], want["means"], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(got["highly_variable"], want["highly_variable"])
+
+
+def _qc_pair(ds, a, qc_vars, percent_top):
+    want = sc.pp.calculate_qc_metrics(a, qc_vars=qc_vars, percent_top=percent_top,
+                                      inplace=False)
+    got = scdask.pp.calculate_qc_metrics(ds, qc_vars=qc_vars, percent_top=percent_top)
+    return got, want
+
+
+def test_qc_metrics_are_scanpys(ds, tiny_plate):
+    """obs and var metrics equal to scanpy's, columns and dtypes too, from one pass."""
+    import pandas as pd
+
+    a = _read(tiny_plate)
+    a.var["mt"] = a.var["gene_name"].astype(str).str.startswith("MT-").to_numpy()
+    a.var["odd"] = np.arange(a.n_vars) % 2 == 1
+    mt = ds.assign_coords(mt=("gene", a.var["mt"].to_numpy()),
+                          odd=("gene", a.var["odd"].to_numpy()))
+    assert a.var["mt"].sum() > 0
+    for percent_top in [(50, 100, 200, 500), (1, 7), None]:
+        (go, gv), (wo, wv) = _qc_pair(mt, a, ["mt", "odd"], percent_top)
+        pd.testing.assert_frame_equal(go, wo, check_exact=False, rtol=1e-6)
+        pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6)
+    with pytest.raises(IndexError, match="outside range"):
+        scdask.pp.calculate_qc_metrics(ds, percent_top=[a.n_vars + 1])
+    # a selection: some cells, some genes
+    sub = mt.isel(cell=slice(100, 900), gene=slice(0, 600))
+    (go, gv), (wo, wv) = _qc_pair(sub, a[100:900, :600].copy(), ["mt"], (5, 50))
+    pd.testing.assert_frame_equal(go, wo, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", __import__("tests.conftest", fromlist=["x"]).shared_params())
+def test_shared_files_qc_metrics_are_scanpys(path, tmp_path):
+    import warnings
+
+    import pandas as pd
+
+    a = _read(path)
+    if a.X is None or a.n_vars < 2 or a.n_obs < 1:
+        pytest.skip("no X")
+    values = a.X.data if sp.issparse(a.X) else np.asarray(a.X)
+    if values.size and (values < 0).any():
+        pytest.skip("negative values: QC metrics describe counts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scdask.convert(path, tmp_path / "s.zarr", workers=0)
+    ds = scdask.open(tmp_path / "s.zarr")
+    top = [n for n in (1, 5, 50) if n <= a.n_vars]
+    (go, gv), (wo, wv) = _qc_pair(ds, a, [], top)
+    pd.testing.assert_frame_equal(go, wo, check_exact=False, rtol=1e-5, check_dtype=False,
+                                  check_index_type=False)
+    pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-5, check_dtype=False,
+                                  check_index_type=False)

@@ -31,7 +31,7 @@ from scdask.format import (
 )
 from scdask.format.blocks import GroupBlock
 from scdask.store.location import Location
-from scdask.store.metadata import read_frame, read_uns
+from scdask.store.metadata import frame_schema, read_frame, read_uns
 
 
 class IncompleteStoreError(FormatError):
@@ -334,6 +334,14 @@ class Store:
             raise FormatError(f"{self.url}: {rel} has {len(var)} rows, the matrix {name} "
                               f"{n} genes")
         return var
+
+    def index_name(self, frame: str = "obs", name: str = "X") -> str | None:
+        """The name of the obs index (``frame="obs"``) or of matrix ``name``'s var index, from
+        the table's footer (no row read)."""
+        rel = OBS_FILE if frame == "obs" else (
+            self.matrix(name)["var"] if name in self.matrices else VAR_FILE)
+        value = (frame_schema(self.loc, rel).metadata or {}).get(b"scdask_index_name")
+        return value.decode() if value else None
 
     def uns(self) -> dict[str, Any]:
         """The source's ``uns``, as far as JSON could keep it (the rest was named at conversion)."""

@@ -5,7 +5,8 @@ scanpy's, works on ``X`` (or ``layer``). The transforms (:func:`normalize_total`
 :func:`log1p`, :func:`scale`) return a new Dataset whose matrix is a lazy expression of
 the stored values — nothing is computed or densified; every reduction and function below
 accepts it. :func:`highly_variable_genes` computes per-gene statistics in one pass and
-returns the DataFrame scanpy writes into ``var``.
+returns the DataFrame scanpy writes into ``var``; :func:`calculate_qc_metrics` the per-cell
+and per-gene QC metrics, from one pass (:mod:`scdask.pp.qc`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import pandas as pd
 import xarray as xr
 
 from scdask.compute import as_matrix
+from scdask.pp.qc import calculate_qc_metrics
+
+__all__ = ["calculate_qc_metrics", "highly_variable_genes", "log1p", "normalize_total", "scale"]
 
 
 def _x(ds: xr.Dataset, layer: str | None, caller: str) -> xr.DataArray:
