@@ -195,3 +195,23 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc
             pass
+
+
+def _add(*parts: Any) -> Any:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def tree_sum(parts: Sequence[Any], split_every: int = 4) -> Any:
+    """The sum of Dask delayed values as a tree of delayed additions (bounded memory, any
+    scheduler, whatever Dask's array mode)."""
+    import dask
+
+    parts = list(parts)
+    add = dask.delayed(_add, pure=True)
+    while len(parts) > 1:
+        parts = [add(*parts[i : i + split_every]) if len(parts[i : i + split_every]) > 1
+                 else parts[i] for i in range(0, len(parts), split_every)]
+    return parts[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -175,3 +176,39 @@ def test_every_drug_against_control_within_each_cell_line(lognorm, theirs, metho
                                    atol=1e-12)
         checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("zero_center", [True, False])
+def test_pca_is_scanpys(lognorm, theirs, scaled, zero_center):
+    """Explained variance to 1e-4 relative, each of the first 20 score vectors correlated
+    with scanpy's at |r| >= 0.9999, the same loadings (up to sign); never densified."""
+    hv = scdask.pp.highly_variable_genes(lognorm, n_top_genes=300)
+    genes = list(hv.index[hv["highly_variable"]])
+    ours = lognorm.sel(gene=genes).isel(cell=slice(0, 2500))
+    b = theirs[:2500, genes].copy()
+    if scaled:
+        ours = scdask.pp.scale(ours, max_value=10)
+        sc.pp.scale(b, max_value=10)
+    got = scdask.tl.pca(ours, n_comps=30, zero_center=zero_center)
+    assert dask.is_dask_collection(got.X_pca.data)  # lazy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.pca(b, n_comps=30, zero_center=zero_center, svd_solver="arpack")
+    np.testing.assert_allclose(got["variance"], b.uns["pca"]["variance"], rtol=1e-4)
+    np.testing.assert_allclose(got["variance_ratio"], b.uns["pca"]["variance_ratio"], rtol=1e-4)
+    X = got["X_pca"].values
+    assert X.dtype == np.float32 and X.shape == (2500, 30)
+    for i in range(20):
+        assert abs(np.corrcoef(X[:, i], b.obsm["X_pca"][:, i])[0, 1]) >= 0.9999, i
+        assert abs(got["PCs"].values[:, i] @ b.varm["PCs"][:, i]) >= 0.9999, i
+    assert list(got.gene.values) == genes
+
+
+def test_pca_refusals(lognorm):
+    with pytest.raises(ValueError, match="n_comps"):
+        scdask.tl.pca(lognorm.isel(gene=slice(0, 10)), n_comps=20)
+    masked = lognorm.isel(gene=slice(0, 10))
+    masked = masked.assign(X=masked.X - masked.X.mean("gene"))  # a per-cell value at zero
+    with pytest.raises(ValueError, match="differ from cell to cell"):
+        scdask.tl.pca(masked, n_comps=3)

@@ -207,7 +207,7 @@ class ScdaskArray(DaskProxy):
         origins = [x._origin for x in inputs if isinstance(x, ScdaskArray)]
         if all(o is not None and o[0]._base is origins[0][0]._base
                and np.array_equal(o[1], origins[0][1]) for o in origins) and all(
-                isinstance(x, ScdaskArray) or np.ndim(x) == 0 for x in inputs):
+                isinstance(x, ScdaskArray) or _scalar(x) for x in inputs):
             # the same function of the parents, at the same cells: reductions stay pending
             lifted = origins[0][0]._compose(build, tuple(
                 x._origin[0] if isinstance(x, ScdaskArray) else x for x in inputs))
@@ -367,6 +367,12 @@ class ScdaskArray(DaskProxy):
 
 #: ``np.*_like`` of the matrix: a constant expression. (arguments, default value)
 _LIKE = {np.zeros_like: (1, 0), np.ones_like: (1, 1), np.full_like: (2, None)}
+
+
+def _scalar(x: Any) -> bool:
+    """A number (or 0-d numpy array), not an array of any kind (no Dask call made)."""
+    return isinstance(x, int | float | complex | np.generic) or (
+        isinstance(x, np.ndarray) and x.ndim == 0)
 
 
 def _take(op: Any, positions: np.ndarray) -> Any:

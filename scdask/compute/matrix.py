@@ -32,6 +32,20 @@ class Matrix:
     base: Base
     array: ScdaskArray
 
+    def __dask_tokenize__(self) -> Any:  # the lazy matrix's token: not the coordinates' data
+        return ("scdask.Matrix", self.array.__dask_tokenize__())
+
+    def row_groups(self) -> Any:
+        """The selection's row groups (:class:`GroupSel`) as a Dask array of objects, one per
+        block, chunked like the cells: ``da.map_blocks(fn, m.row_groups(), chunks=(
+        m.base.counts, ...), new_axis=...)`` runs ``fn`` once per row group."""
+        import dask.array as da
+
+        groups = np.empty(max(len(self.base.groups), 1), dtype=object)
+        groups[: len(self.base.groups)] = self.base.groups
+        return da.from_array(groups, chunks=1, asarray=False,
+                             name=f"row-groups-{self.base.token}")
+
     @property
     def expr(self) -> Expr:
         """The elementwise expression applied to the stored values."""
@@ -72,6 +86,19 @@ class Matrix:
         expression's dtype; ``genes``: only those of the selection's genes. A ValueError
         names the row group where the implicit zeros would not stay zeros (a sparse result
         cannot hold that)."""
+        out, fill = self.entries_and_fill(sel, genes)
+        if np.any(fill != 0):
+            raise ValueError(
+                f"{sel.part.store.url}: row group {sel.group}: {self.expr} makes the implicit "
+                f"zeros {np.unique(fill)[:3].tolist()}, not zeros; the sparse values "
+                "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
+        return out
+
+    def entries_and_fill(self, sel: GroupSel, genes: slice | None = None
+                         ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """:meth:`entries` and the value of the implicit entries of each gene (float64,
+        one per gene; a ValueError when it differs from cell to cell, as with a per-cell
+        operand: then no per-gene value describes the rest)."""
         spec = self.array.spec
         cells, gene_ops = self.operands
         cells = [c[sel.first : sel.first + sel.count] for c in cells]
@@ -81,12 +108,12 @@ class Matrix:
             gene_ops = [g[genes] for g in gene_ops]
         unique, inverse = spec.genes(gpos)
         fill = block_fill(spec, sel, cells, gene_ops, len(inverse))
-        if np.any(fill.table != 0):
+        if fill.n_classes > 1:
             raise ValueError(
-                f"{sel.part.store.url}: row group {sel.group}: {spec.expr} makes the implicit "
-                f"zeros {np.unique(fill.table)[:3].tolist()}, not zeros; the sparse values "
-                "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
-        return entries(spec, sel, unique, inverse, cells, gene_ops, True, native=True)
+                f"{sel.part.store.url}: row group {sel.group}: {spec.expr} gives the implicit "
+                "zeros values that differ from cell to cell; this needs a value per gene")
+        row = np.broadcast_to(fill.table[0], (len(inverse),)).astype(np.float64)
+        return entries(spec, sel, unique, inverse, cells, gene_ops, True, native=True), row
 
     @property
     def genes(self) -> np.ndarray:

@@ -13,12 +13,12 @@ from functools import partial
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from scdask.compute import Matrix, as_matrix
+from scdask.parallel import tree_sum
 from scdask.pp.kernels import qc_row_group
 
 
@@ -79,18 +79,14 @@ def calculate_qc_metrics(
         raise IndexError("Positions outside range of features.")
     m.operands  # noqa: B018 - lazy operands computed once, before the tasks
     task = dask.delayed(partial(_row_group, m), pure=True, nout=2)
-    cell_parts, gene_parts = [], []
-    for sel in m.base.groups:
-        c, g = task(sel, gene_sets, ns)
-        cell_parts.append(da.from_delayed(c, (3 + len(qc_vars) + len(ns), sel.count),
-                                          dtype=np.float64))
-        gene_parts.append(da.from_delayed(g, (1, 2, m.base.n_sel_genes), dtype=np.float64))
-    if not cell_parts:
+    outs = [task(sel, gene_sets, ns) for sel in m.base.groups]
+    if not outs:
         cells = np.zeros((3 + len(qc_vars) + len(ns), 0))
         genes = np.zeros((2, m.base.n_sel_genes))
-    else:
-        cells, genes = dask.compute(da.concatenate(cell_parts, axis=1),
-                                    da.concatenate(gene_parts, axis=0).sum(axis=0))
+    else:  # per cell: every group's, in order; per gene: a tree of sums
+        parts, genes = dask.compute([c for c, _ in outs], tree_sum([g for _, g in outs]))
+        cells = np.concatenate(parts, axis=1)
+        genes = genes[0]
     dtype = _sum_dtype(x.dtype)
     part = m.base.parts[0]
     obs = pd.DataFrame(index=pd.Index(np.asarray(x["cell"].values),

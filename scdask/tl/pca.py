@@ -1,0 +1,149 @@
+"""Principal component analysis with scanpy's names and results: :func:`pca`, out of core.
+
+The matrix is never densified nor centred cell by cell. Whatever the expression gives the
+implicit entries of a gene (0; ``-mean / std`` after ``pp.scale``) is a constant per gene,
+and adding a constant to a gene changes no covariance: the covariance is that of the
+sparse matrix ``D`` of the stored entries minus their gene's value at zero. One pass
+accumulates ``DᵀD`` and ``D``'s column sums per row group (scipy's sparse products, a
+``genes × genes`` float64 accumulator) and merges them in a tree; the components are the
+leading eigenvectors of the covariance — the exact principal axes, as scanpy's ARPACK
+solver finds them. The scores ``X_pca`` are a lazy Dask array, a second pass when computed.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
+from dask.base import tokenize
+
+from scdask.compute import Matrix, as_matrix, wrap
+from scdask.parallel import tree_sum
+
+#: Genes above which the ``genes × genes`` accumulator would be too large (8 GiB at 32,768).
+MAX_GENES = 16_384
+
+
+def _block(m: Matrix, sel: Any) -> tuple[sp.csc_matrix, np.ndarray]:
+    """One row group's selected cells as ``D`` (CSC), and the genes' values at zero."""
+    (starts, ends, vals, rows), fill = m.entries_and_fill(sel)
+    lengths = ends - starts
+    take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    gene = np.repeat(np.arange(len(starts)), lengths)
+    pos = np.full(sel.n_rows, -1, np.int64)
+    pos[np.arange(sel.n_rows) if sel.local is None else sel.local] = np.arange(sel.count)
+    cell = pos[rows[take].astype(np.int64)]
+    keep = cell >= 0
+    d = np.asarray(vals)[take][keep].astype(np.float64) - fill[gene[keep]]
+    mat = sp.csc_matrix((d, (cell[keep], gene[keep])), shape=(sel.count, len(starts)))
+    return mat, fill
+
+
+def _gram(m: Matrix, sel: Any) -> np.ndarray:
+    """``[DᵀD | column sums | values at zero]`` of one row group: ``(genes, genes + 2)``
+    (summed over row groups, the last column is the values at zero times the groups)."""
+    d, fill = _block(m, sel)
+    out = np.empty((d.shape[1], d.shape[1] + 2))
+    out[:, :-2] = (d.T @ d).toarray()
+    out[:, -2] = np.asarray(d.sum(axis=0)).reshape(-1)
+    out[:, -1] = fill
+    return out
+
+
+def _scores(m: Matrix, sels: np.ndarray, *, components: np.ndarray, shift: np.ndarray,
+            dtype: Any) -> np.ndarray:
+    sel = sels.reshape(-1)[0]
+    if sel is None:  # an empty selection's one block
+        return np.zeros((0, components.shape[1]), dtype)
+    d, _ = _block(m, sel)
+    return (np.asarray(d @ components) - shift).astype(dtype)
+
+
+def pca(
+    ds: xr.Dataset,
+    n_comps: int | None = None,
+    *,
+    zero_center: bool = True,
+    layer: str | None = None,
+    dtype: Any = "float32",
+) -> xr.Dataset:
+    """Principal components of the matrix, as ``scanpy.pp.pca`` (``scanpy.tl.pca``).
+
+    Parameters
+    ----------
+    ds
+        A Dataset from :func:`scdask.open`, a selection of it (e.g. the highly variable
+        genes) or a transform of it from :mod:`scdask.pp` (log-normalized, scaled).
+    n_comps
+        Components to compute (scanpy's default: 50, or one less than the smaller side).
+    zero_center
+        Centre each gene first (implicitly: never densified); ``False``: scanpy's truncated
+        SVD of the values as they are.
+    layer
+        Use this matrix instead of ``X``.
+    dtype
+        The dtype of ``X_pca`` (scanpy's default float32).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``X_pca`` (cell × pc, lazy: computing it is one more pass), ``PCs`` (gene × pc),
+        ``variance`` and ``variance_ratio`` (pc), named as anndata stores them
+        (``obsm["X_pca"]``, ``varm["PCs"]``, ``uns["pca"]``). Components are unique up
+        to sign; each is signed so that its largest loading is positive.
+    """
+    m = as_matrix(ds, layer or "X", caller="scdask.tl.pca")
+    x = m.data
+    n, p = m.base.n_sel_cells, m.base.n_sel_genes
+    if p > MAX_GENES:
+        raise ValueError(
+            f"pca of {p:,} genes would need a {p:,} × {p:,} accumulator; select genes first "
+            f"(e.g. the highly variable ones, at most {MAX_GENES:,})")
+    if n_comps is None:
+        n_comps = min(50, n - 1, p - 1)
+    if not 0 < n_comps <= min(n, p):
+        raise ValueError(f"n_comps={n_comps} for {n:,} cells × {p:,} genes")
+    m.operands  # noqa: B018 - lazy operands computed once, before the tasks
+    sels = m.base.groups
+    gram = dask.delayed(partial(_gram, m), pure=True)
+    acc = np.asarray(tree_sum([gram(sel) for sel in sels]).compute())
+    g, s, fill = acc[:, :-2], acc[:, -2], acc[:, -1] / len(sels)
+    mean_d = s / n
+    cov0 = g / n - np.outer(mean_d, mean_d)  # covariance with ddof 0 (constants drop out)
+    if zero_center:
+        evals, evecs = np.linalg.eigh(cov0 * (n / (n - 1)))
+        order = np.argsort(evals)[::-1][:n_comps]
+        components = evecs[:, order]
+        variance = np.maximum(evals[order], 0.0)
+        total = np.trace(cov0) * n / (n - 1)
+    else:  # the values as they are: X = D + 1 fillᵀ
+        gx = g + np.outer(s, fill) + np.outer(fill, s) + n * np.outer(fill, fill)
+        evals, evecs = np.linalg.eigh(gx)
+        order = np.argsort(evals)[::-1][:n_comps]
+        components = evecs[:, order]
+        variance = np.einsum("ij,ik,kj->j", components, cov0, components)
+        total = np.trace(cov0)
+    big = np.argmax(np.abs(components), axis=0)
+    components = components * np.sign(components[big, np.arange(n_comps)])
+    # scores: (X - mean) V = D V - mean(D) V; uncentred X V = D V + fillᵀ V
+    shift = (mean_d @ components) if zero_center else -(fill @ components)
+    x_pca = da.map_blocks(partial(_scores, m, components=components, shift=shift, dtype=dtype),
+                          m.row_groups(), chunks=(m.base.counts, (n_comps,)), new_axis=1,
+                          dtype=dtype, meta=np.empty((0, 0), dtype),
+                          name=f"pca-scores-{tokenize(m, components, shift, dtype)}")
+    gene_dim = x.dims[1]
+    out = xr.Dataset(
+        {"X_pca": (("cell", "pc"), wrap(x_pca)), "PCs": ((gene_dim, "pc"), components),
+         "variance": ("pc", variance),
+         "variance_ratio": ("pc", variance / total if total > 0 else variance * np.nan)},
+        coords={"pc": np.arange(n_comps)})
+    # the matrix's cell and gene coordinates, as lazy as they are there
+    out = out.assign_coords({k: c for k, c in x.coords.items()
+                             if c.dims and set(c.dims) <= {"cell", gene_dim}})
+    out.attrs.update(zero_center=zero_center, n_comps=n_comps)
+    return out
