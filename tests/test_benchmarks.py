@@ -10,7 +10,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["bench_convert", "bench_query", "bench_scan", "bench_export"]
+MODULES = ["bench_convert", "bench_query", "bench_scan", "bench_export", "bench_expressions",
+           "bench_analysis"]
 
 
 @pytest.fixture(scope="module")

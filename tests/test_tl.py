@@ -212,3 +212,30 @@ def test_pca_refusals(lognorm):
     masked = masked.assign(X=masked.X - masked.X.mean("gene"))  # a per-cell value at zero
     with pytest.raises(ValueError, match="differ from cell to cell"):
         scdask.tl.pca(masked, n_comps=3)
+
+
+def test_analysis_on_a_cluster_of_processes(lognorm, ds):
+    """QC, HVG, Wilcoxon and PCA on a local cluster of worker processes: the same answers
+    as on the threaded scheduler (tasks carry the matrix's description, not its values)."""
+    distributed = pytest.importorskip("distributed")
+    small = lognorm.isel(gene=slice(0, 300))
+    counts = ds.isel(gene=slice(0, 300))
+    lines = sorted(set(np.asarray(ds.cell_line.values).astype(str)))
+
+    def run():
+        qc, _ = scdask.pp.calculate_qc_metrics(counts, percent_top=(5, 50))
+        de = scdask.tl.rank_genes_groups(small, "cell_line", groups=lines[:3],
+                                         reference=lines[0], method="wilcoxon")
+        pcs = scdask.tl.pca(small, n_comps=5)
+        return qc, de, pcs.variance.values, np.abs(pcs.X_pca.values)
+
+    with dask.config.set(scheduler="threads"):
+        want = run()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster):
+        got = run()
+    pd.testing.assert_frame_equal(got[0], want[0])
+    pd.testing.assert_frame_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-6)
