@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from scdask.compute.expr import Expr, evaluate, split_fill
+from scdask.compute.kernels import gather
 from scdask.compute.reading import read_gene_runs
 from scdask.compute.selection import Base, GroupSel
 
@@ -187,7 +188,7 @@ def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
             starts[j0:j1], ends[j0:j1])
         v = vals[idx].astype(spec.base.dtype, copy=False)
         r = rows[idx] if with_rows else rows
-        cell_vals = [c[r] for c in by_row]
+        cell_vals = [gather(c, r) for c in by_row]  # compiled: no widened index array
         gene_vals: list[np.ndarray] = []
         if uses_genes:
             q = np.repeat(np.arange(j0, j1), lengths[j0:j1])

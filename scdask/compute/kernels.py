@@ -288,3 +288,12 @@ def scatter_rows(starts, ends, vals, rows, lo, hi, fill, out_indices, out_data):
             fill[r] = p + 1
             out_indices[p] = j
             out_data[p] = vals[k]
+
+
+@jit(nogil=True)
+def gather(values, idx):  # pragma: no cover - compiled
+    """``values[idx]`` for any integer ``idx`` (stored uint16 cell indices are not widened)."""
+    out = np.empty(idx.shape[0], dtype=values.dtype)
+    for k in range(idx.shape[0]):
+        out[k] = values[idx[k]]
+    return out

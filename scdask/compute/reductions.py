@@ -51,8 +51,10 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
         lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = fill.labels
     n_class = np.bincount(fill.labels, minlength=fill.n_classes).astype(np.int64)
     part = np.empty((6, n_genes))
+    # values in the expression's own dtype: the kernel accumulates in float64 (no float64
+    # copy of every batch)
     for j0, j1, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes,
-                                                   with_rows):
+                                                   with_rows, native=True):
         table = fill.table[:, j0:j1] if fill.per_gene else fill.table
         out = np.empty((6, j1 - j0))
         kernels.gene_partials(starts, ends, vals, rows, lab, n_class, np.ascontiguousarray(table),
@@ -86,7 +88,8 @@ def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec,
     row_fill = np.zeros(sel.n_rows)
     row_fill[local] = fill.cell_fill()
     acc = None
-    for _, _, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes, True):
+    for _, _, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes, True,
+                                                  native=True):
         out = np.empty((6, sel.n_rows))
         kernels.cell_partials(starts, ends, vals, rows, row_fill, out)
         acc = out if acc is None else kernels.merge_partials(acc, out)
