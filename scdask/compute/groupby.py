@@ -91,7 +91,7 @@ def pseudobulk(
         # and every partial, instead of once for each
         arr = ScdaskArray(arr._base, arr._expr, dask.compute(*arr._cell_ops), arr._gene_ops)
     inp = arr.inputs()
-    acc = labels.accumulate(inp, codes, n_labels, drop_masked=True)
+    acc = labels.accumulate(inp, codes, n_labels, drop_masked=True, minmax=False)
     cell_args = inp.args(-1, "i", "g")
     cell_args[4:4] = [da.from_array(codes, chunks=(inp.counts,)), "i"]
     counts = da.blockwise(_cell_counts, "il", *cell_args, new_axes={"l": n_labels},

@@ -65,8 +65,19 @@ def empty_acc(n_labels: int, n_genes: int) -> np.ndarray:
     return out
 
 
-def _fold(out: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> None:
-    """Add accumulator rows ``acc`` (for labels ``rows``, repeats allowed) into ``out``."""
+def _fold(out: np.ndarray, rows: np.ndarray | None, acc: np.ndarray) -> None:
+    """Add accumulator rows ``acc`` (for labels ``rows``; None: all, in order) into ``out``.
+    Vectorized when the rows are distinct (``ufunc.at``, for repeats, is much slower)."""
+    if rows is None or len(np.unique(rows)) == len(rows):
+        idx: Any = slice(None) if rows is None else rows
+        for i in range(len(ACC)):
+            if i == A_MIN:
+                out[i][idx] = np.minimum(out[i][idx], acc[i])
+            elif i == A_MAX:
+                out[i][idx] = np.maximum(out[i][idx], acc[i])
+            else:
+                out[i][idx] += acc[i]
+        return
     for i in range(len(ACC)):
         if i == A_MIN:
             np.minimum.at(out[i], rows, acc[i])
@@ -76,9 +87,17 @@ def _fold(out: np.ndarray, rows: np.ndarray, acc: np.ndarray) -> None:
             np.add.at(out[i], rows, acc[i])
 
 
-def _add_block(out: np.ndarray, part: Any) -> None:
+def _add_block(out: np.ndarray, part: Any, minmax: bool = True) -> None:
     present, counts, n_classes, table, (cl, gene, st) = part
     width = out.shape[2]
+    if not minmax and not np.any(table[present % n_classes]):
+        # zeros stay zeros (the usual case): only the stored pairs and the cell counts move
+        flat = (cl // n_classes) * width + gene
+        for i, row in ((A_NAN, 1), (A_SUM, 2), (A_SQ, 3), (A_NNZ, 4)):
+            np.add.at(out[i].reshape(-1), flat, st[row])
+        np.add.at(out[A_N], present // n_classes, counts[:, None].astype(np.float64))
+        np.subtract.at(out[A_N].reshape(-1), flat, st[1])  # a stored NaN is no value
+        return
     acc = empty_acc(len(present), width)
     stored = np.zeros((len(present), width))
     p = np.searchsorted(present, cl)
@@ -101,7 +120,7 @@ def _add_block(out: np.ndarray, part: Any) -> None:
 
 
 def merge(parts: Any, n_labels: int, n_genes: int, axis: Any = None, keepdims: bool = False,
-          **kw: Any) -> np.ndarray:
+          minmax: bool = True, **kw: Any) -> np.ndarray:
     """Merge task outputs and accumulators into one dense accumulator (Dask's metadata
     probes pass empty arrays: they are no accumulator)."""
     if kw.get("computing_meta"):
@@ -114,9 +133,9 @@ def merge(parts: Any, n_labels: int, n_genes: int, axis: Any = None, keepdims: b
             stack.extend(p)
         elif isinstance(p, np.ndarray):
             if p.ndim == 3:
-                _fold(out, np.arange(n_labels), p)
+                _fold(out, None, p)
         elif p is not None:
-            _add_block(out, p)
+            _add_block(out, p, minmax)
     return out
 
 
@@ -124,11 +143,12 @@ def _identity(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return x
 
 
-def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bool = False
-               ) -> da.Array:
+def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bool = False,
+               minmax: bool = True) -> da.Array:
     """The dense accumulators of a lazy matrix's cells by label: ``(7, labels, genes)``,
     chunked by blocks of genes (one tree of merges each). ``codes`` label the selected
-    cells (-1: in no group)."""
+    cells (-1: in no group); without ``minmax`` the min and max rows are not kept (their
+    implicit zeros would need every pair: the other rows need only the stored ones)."""
     n_genes = inp.spec.base.n_sel_genes
     block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
     args = inp.args(block, "i", "g")
@@ -139,7 +159,7 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     bounds = np.cumsum((0, *pairs.chunks[1]))
     out = []
     for j, width in enumerate(pairs.chunks[1]):
-        fn = partial(merge, n_labels=n_labels, n_genes=width)
+        fn = partial(merge, n_labels=n_labels, n_genes=width, minmax=minmax)
         acc = da.reduction(pairs[:, bounds[j] : bounds[j + 1]], _identity, fn, combine=fn,
                            axis=0, split_every=4, concatenate=False, dtype=np.float64,
                            meta=np.empty((0,)))
@@ -176,5 +196,6 @@ def grouped(array: Any, codes: np.ndarray, n_labels: int, stats: Any) -> list[da
     """Statistics of a lazy matrix's cells by label, from one pass: ``stats`` are
     ``(op, ddof)`` pairs (``op`` a :func:`finish` statistic, NaN skipped), each result a
     lazy ``(labels, genes)`` float64 array. ``codes`` label the selected cells (-1: none)."""
-    acc = accumulate(array.inputs(), codes, n_labels)
+    minmax = any(op in ("min", "max") for op, _ in stats)
+    acc = accumulate(array.inputs(), codes, n_labels, minmax=minmax)
     return [statistic(acc, op, skipna=True, ddof=ddof) for op, ddof in stats]

@@ -88,7 +88,8 @@ def _fuse(arrays: Any, axis: int = 0, out: Any = None, **kw: Any) -> Any:
         if (codes[cells] != -1).any() or len(np.unique(cells)) != len(cells):
             return None  # overlapping selections are not groups
         codes[cells] = k
-    acc = labels.accumulate(parent.inputs(), codes, len(arrays))
-    integer = parent.dtype.kind in "biu"
+    integer = parent.dtype.kind in "biu"  # (an integer sum's exactness check needs min/max)
+    acc = labels.accumulate(parent.inputs(), codes, len(arrays),
+                            minmax=op in ("min", "max") or integer)
     return wrap(labels.statistic(acc, op, skipna=skipna, ddof=ddof, integer=integer)
                 .astype(arrays[0].dtype, copy=False))

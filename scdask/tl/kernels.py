@@ -21,8 +21,8 @@ def sort_by_gene_value(gene, vals, labels, n_genes):  # pragma: no cover - compi
     for j in range(n_genes):
         offsets[j + 1] += offsets[j]
     nxt = offsets[:-1].copy()
-    v2 = np.empty(vals.shape[0], dtype=np.float64)
-    l2 = np.empty(labels.shape[0], dtype=np.int64)
+    v2 = np.empty_like(vals)
+    l2 = np.empty_like(labels)
     for k in range(gene.shape[0]):
         p = nxt[gene[k]]
         v2[p] = vals[k]

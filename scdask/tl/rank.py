@@ -26,8 +26,10 @@ import xarray as xr
 from scdask.compute import Matrix, as_matrix, grouped
 from scdask.tl import kernels
 
-#: Stored entries gathered for one block of genes in the Wilcoxon test (~16 bytes each).
-WILCOXON_ENTRIES = 24_000_000
+#: Stored entries gathered for one block of genes in the Wilcoxon test (~12-16 bytes each,
+#: held about twice while sorted); ``dask.config.set({"scdask.rank-entries": ...})`` sets it.
+#: Smaller blocks hold less but decode each stored chunk for more blocks.
+WILCOXON_ENTRIES = 8_000_000
 Method = Literal["t-test", "t-test_overestim_var", "wilcoxon"]
 
 
@@ -95,7 +97,8 @@ def _bh(p: np.ndarray) -> np.ndarray:
 def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int,
                     n_cells: np.ndarray, ref_of: np.ndarray, rest: bool
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank sums and ties of genes ``lo:hi`` over every cell of the selection."""
+    """Rank sums and ties of genes ``lo:hi`` over every cell of the selection (the block's
+    entries held once: gene and label as int32, values in the expression's dtype)."""
     genes, vals, labs = [], [], []
     for sel in sels:
         starts, ends, v, rows = m.entries(sel, slice(lo, hi))
@@ -104,16 +107,21 @@ def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: 
             lengths.sum())
         pos = np.full(sel.n_rows, -1, np.int64)
         pos[np.arange(sel.n_rows) if sel.local is None else sel.local] = np.arange(sel.count)
-        lab = codes[sel.first + pos[rows[take].astype(np.int64)]]
-        keep = (pos[rows[take].astype(np.int64)] >= 0) & (lab >= 0)
-        genes.append(np.repeat(np.arange(hi - lo), lengths)[keep])
-        vals.append(np.asarray(v)[take][keep].astype(np.float64))
-        labs.append(lab[keep])
-    offsets, v, lab = kernels.sort_by_gene_value(
-        np.concatenate(genes) if genes else np.zeros(0, np.int64),
-        np.concatenate(vals) if vals else np.zeros(0), np.concatenate(labs) if labs else
-        np.zeros(0, np.int64), hi - lo)
-    return kernels.rank_sums(offsets, v, lab, n_cells.astype(np.float64), ref_of, rest)
+        cell = pos[rows[take].astype(np.int64)]
+        lab = np.where(cell >= 0, codes[sel.first + np.maximum(cell, 0)], -1)
+        keep = lab >= 0
+        genes.append(np.repeat(np.arange(hi - lo, dtype=np.int32), lengths)[keep])
+        vals.append(np.asarray(v)[take][keep])
+        labs.append(lab[keep].astype(np.int32))
+        del take, cell, lab, keep
+    gene = np.concatenate(genes)
+    del genes
+    val = np.concatenate(vals)
+    del vals
+    lab = np.concatenate(labs)
+    del labs
+    offsets, val, lab = kernels.sort_by_gene_value(gene, val, lab, hi - lo)
+    return kernels.rank_sums(offsets, val, lab, n_cells.astype(np.float64), ref_of, rest)
 
 
 def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndarray, rest: bool,
@@ -123,8 +131,9 @@ def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndar
     nnz = np.ones(n_genes) * max(1, m.base.n_sel_cells // 10) if gene_nnz is None else gene_nnz
     bounds = [0]
     acc = 0.0
+    budget = int(dask.config.get("scdask.rank-entries", WILCOXON_ENTRIES))
     for j, c in enumerate(np.asarray(nnz, np.float64)):
-        if acc + c > WILCOXON_ENTRIES and j > bounds[-1]:
+        if acc + c > budget and j > bounds[-1]:
             bounds.append(j)
             acc = 0.0
         acc += c
