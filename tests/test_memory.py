@@ -261,4 +261,6 @@ def test_analysis_never_densifies(converted):
     assert SIZES[-1] * NNZ_PER_CELL * 8 > 5 * WORK_BUDGET
     for kind, w in work.items():
         assert w[SIZES[-1]] < 2 * WORK_BUDGET, (kind, used)
-        assert w[SIZES[-1]] < 1.3 * w[SIZES[0]] + 64 * 2**20, (kind, used)
+        # bounded by the work per task (row group; a Wilcoxon block of scdask.rank-entries
+        # stored entries), not by the cells: 5.5 times more cells, about the same memory
+        assert w[SIZES[-1]] < 1.3 * w[SIZES[0]] + 96 * 2**20, (kind, used)

@@ -24,6 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from scdask.compute import Matrix, as_matrix, grouped
+from scdask.parallel import release_memory
 from scdask.tl import kernels
 
 #: Stored entries gathered for one block of genes in the Wilcoxon test (~12-16 bytes each,
@@ -121,7 +122,10 @@ def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: 
     lab = np.concatenate(labs)
     del labs
     offsets, val, lab = kernels.sort_by_gene_value(gene, val, lab, hi - lo)
-    return kernels.rank_sums(offsets, val, lab, n_cells.astype(np.float64), ref_of, rest)
+    out = kernels.rank_sums(offsets, val, lab, n_cells.astype(np.float64), ref_of, rest)
+    del gene, val, lab, offsets
+    release_memory()  # the block's entries go back to the OS, not to a growing heap
+    return out
 
 
 def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndarray, rest: bool,
