@@ -27,6 +27,8 @@ from scdask.parallel import tree_sum
 
 #: Genes above which the ``genes × genes`` accumulator would be too large (8 GiB at 32,768).
 MAX_GENES = 16_384
+#: Row groups whose ``genes × genes`` products are computed (and summed) together.
+GRAM_BATCH = 8
 
 
 def _block(m: Matrix, sel: Any) -> tuple[sp.csc_matrix, np.ndarray]:
@@ -111,7 +113,9 @@ def pca(
     m.operands  # noqa: B018 - lazy operands computed once, before the tasks
     sels = m.base.groups
     gram = dask.delayed(partial(_gram, m), pure=True)
-    acc = np.asarray(tree_sum([gram(sel) for sel in sels]).compute())
+    acc = np.zeros((p, p + 2))
+    for i in range(0, len(sels), GRAM_BATCH):  # a bounded number of grams alive at once,
+        acc += tree_sum([gram(sel) for sel in sels[i : i + GRAM_BATCH]]).compute()  # any plate
     g, s, fill = acc[:, :-2], acc[:, -2], acc[:, -1] / len(sels)
     mean_d = s / n
     cov0 = g / n - np.outer(mean_d, mean_d)  # covariance with ddof 0 (constants drop out)
