@@ -116,12 +116,20 @@ def test_unavailable_options_say_so(lognorm):
         scdask.pp.highly_variable_genes(lognorm, flavor="pearson")
 
 
-def _seurat_v3_equal(got, want):
+#: scanpy >= 1.12 aggregates batches' means and variances of float32 counts in float32
+#: (sc.get.aggregate) and reports QC means in X's dtype; 1.11 (and scdask) use float64
+SCANPY_112 = tuple(int(v) for v in sc.__version__.split(".")[:2]) >= (1, 12)
+
+
+def _seurat_v3_equal(got, want, batches=False):
     assert list(got.columns) == list(want.columns)
     np.testing.assert_array_equal(got["highly_variable"], want["highly_variable"])
+    rtol = 3e-3 if batches and SCANPY_112 else 1e-9
     for c in ("means", "variances", "variances_norm"):
-        np.testing.assert_allclose(got[c], want[c], rtol=1e-9, err_msg=c)
-    np.testing.assert_array_equal(got["highly_variable_rank"], want["highly_variable_rank"])
+        np.testing.assert_allclose(got[c], want[c], rtol=rtol, err_msg=c)
+    if rtol == 1e-9:
+        np.testing.assert_array_equal(got["highly_variable_rank"],
+                                      want["highly_variable_rank"])
 
 
 @pytest.mark.parametrize("batch_key", [None, "phase"])
@@ -135,7 +143,7 @@ def test_seurat_v3_is_scanpys(ds, tiny_plate, batch_key, flavor):
                                        inplace=False)
     got = scdask.pp.highly_variable_genes(ds, flavor=flavor, n_top_genes=200,
                                           batch_key=batch_key)
-    _seurat_v3_equal(got, want)
+    _seurat_v3_equal(got, want, batches=batch_key is not None)
     if batch_key:
         np.testing.assert_array_equal(got["highly_variable_nbatches"],
                                       want["highly_variable_nbatches"])
@@ -206,14 +214,16 @@ def test_qc_metrics_are_scanpys(ds, tiny_plate):
     for percent_top in [(50, 100, 200, 500), (1, 7), None]:
         (go, gv), (wo, wv) = _qc_pair(mt, a, ["mt", "odd"], percent_top)
         pd.testing.assert_frame_equal(go, wo, check_exact=False, rtol=1e-6)
-        pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6)
+        pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6,
+                                      check_dtype=not SCANPY_112)
     with pytest.raises(IndexError, match="outside range"):
         scdask.pp.calculate_qc_metrics(ds, percent_top=[a.n_vars + 1])
     # a selection: some cells, some genes
     sub = mt.isel(cell=slice(100, 900), gene=slice(0, 600))
     (go, gv), (wo, wv) = _qc_pair(sub, a[100:900, :600].copy(), ["mt"], (5, 50))
     pd.testing.assert_frame_equal(go, wo, check_exact=False, rtol=1e-6)
-    pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-6,
+                                  check_dtype=not SCANPY_112)
 
 
 @pytest.mark.parametrize("path", __import__("tests.conftest", fromlist=["x"]).shared_params())
