@@ -123,8 +123,10 @@ SCANPY_112 = tuple(int(v) for v in sc.__version__.split(".")[:2]) >= (1, 12)
 
 def _seurat_v3_equal(got, want, batches=False):
     assert list(got.columns) == list(want.columns)
-    np.testing.assert_array_equal(got["highly_variable"], want["highly_variable"])
-    rtol = 3e-3 if batches and SCANPY_112 else 1e-9
+    loose = batches and SCANPY_112  # a gene or two swap at the edge of the selection
+    differ = (got["highly_variable"] != want["highly_variable"]).mean()
+    assert differ <= (0.01 if loose else 0.0), differ
+    rtol = 3e-3 if loose else 1e-9
     for c in ("means", "variances", "variances_norm"):
         np.testing.assert_allclose(got[c], want[c], rtol=rtol, err_msg=c)
     if rtol == 1e-9:
