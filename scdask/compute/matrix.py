@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from scdask.compute.array import ScdaskArray
-from scdask.compute.blocks import block_fill, entries
+from scdask.compute.blocks import _row_of, _take, block_fill, entries
 from scdask.compute.expr import Expr
 from scdask.compute.selection import Base, GroupSel
 
@@ -93,6 +93,18 @@ class Matrix:
                 f"zeros {np.unique(fill)[:3].tolist()}, not zeros; the sparse values "
                 "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
         return out
+
+    def coo(self, sel: GroupSel, genes: slice | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One row group's stored entries as ``(cell, gene, value)`` (cell: position among
+        the row group's selected cells, gene: among the selected genes, gene-major order)
+        and each gene's value at zero (see :meth:`entries_and_fill`)."""
+        (starts, ends, vals, rows), fill = self.entries_and_fill(sel, genes)
+        take = _take(starts, ends)
+        gene = np.repeat(np.arange(len(starts)), ends - starts)
+        cell = _row_of(sel)[rows[take].astype(np.int64)]
+        keep = cell >= 0
+        return cell[keep], gene[keep], np.asarray(vals)[take][keep], fill
 
     def entries_and_fill(self, sel: GroupSel, genes: slice | None = None
                          ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

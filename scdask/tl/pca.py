@@ -33,16 +33,9 @@ GRAM_BATCH = 8
 
 def _block(m: Matrix, sel: Any) -> tuple[sp.csc_matrix, np.ndarray]:
     """One row group's selected cells as ``D`` (CSC), and the genes' values at zero."""
-    (starts, ends, vals, rows), fill = m.entries_and_fill(sel)
-    lengths = ends - starts
-    take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    gene = np.repeat(np.arange(len(starts)), lengths)
-    pos = np.full(sel.n_rows, -1, np.int64)
-    pos[np.arange(sel.n_rows) if sel.local is None else sel.local] = np.arange(sel.count)
-    cell = pos[rows[take].astype(np.int64)]
-    keep = cell >= 0
-    d = np.asarray(vals)[take][keep].astype(np.float64) - fill[gene[keep]]
-    mat = sp.csc_matrix((d, (cell[keep], gene[keep])), shape=(sel.count, len(starts)))
+    cell, gene, vals, fill = m.coo(sel)
+    d = vals.astype(np.float64) - fill[gene]
+    mat = sp.csc_matrix((d, (cell, gene)), shape=(sel.count, len(fill)))
     return mat, fill
 
 

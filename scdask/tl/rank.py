@@ -102,19 +102,17 @@ def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: 
     entries held once: gene and label as int32, values in the expression's dtype)."""
     genes, vals, labs = [], [], []
     for sel in sels:
-        starts, ends, v, rows = m.entries(sel, slice(lo, hi))
-        lengths = ends - starts
-        take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
-            lengths.sum())
-        pos = np.full(sel.n_rows, -1, np.int64)
-        pos[np.arange(sel.n_rows) if sel.local is None else sel.local] = np.arange(sel.count)
-        cell = pos[rows[take].astype(np.int64)]
-        lab = np.where(cell >= 0, codes[sel.first + np.maximum(cell, 0)], -1)
+        cell, gene, v, fill = m.coo(sel, slice(lo, hi))
+        if np.any(fill != 0):
+            raise ValueError(f"{sel.part.store.url}: row group {sel.group}: {m.expr} makes the "
+                             "implicit zeros other values, not zeros; rank the values before that "
+                             "transform")
+        lab = codes[sel.first + cell]
         keep = lab >= 0
-        genes.append(np.repeat(np.arange(hi - lo, dtype=np.int32), lengths)[keep])
-        vals.append(np.asarray(v)[take][keep])
+        genes.append(gene[keep].astype(np.int32))
+        vals.append(v[keep])
         labs.append(lab[keep].astype(np.int32))
-        del take, cell, lab, keep
+        del cell, gene, v, lab, keep
     gene = np.concatenate(genes)
     del genes
     val = np.concatenate(vals)
