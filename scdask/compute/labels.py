@@ -30,6 +30,9 @@ ACC = ("n", "sum", "sumsq", "min", "max", "nan", "nnz")
 A_N, A_SUM, A_SQ, A_MIN, A_MAX, A_NAN, A_NNZ = range(7)
 #: Bytes of one row of a dense ``(labels, genes)`` accumulator of one block of genes.
 BLOCK_BYTES = 8 << 20
+#: Row groups' pairs merged into one dense accumulator at once: the accumulator of many
+#: labels is large beside a row group's pairs (few per label), so few are made
+SPLIT_EVERY = 16
 
 
 def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
@@ -87,16 +90,23 @@ def _fold(out: np.ndarray, rows: np.ndarray | None, acc: np.ndarray) -> None:
             np.add.at(out[i], rows, acc[i])
 
 
+#: :func:`label_partials`' rows (entries, NaN, sum, sum of squares, non-zeros) and the
+#: accumulator rows they add to, where zeros stay zeros
+_FAST_ROWS, _FAST_DEST = np.array([1, 2, 3, 4]), np.array([A_NAN, A_SUM, A_SQ, A_NNZ])
+_ZERO, _N_ROW = np.array([0]), np.array([A_N])
+
+
 def _add_block(out: np.ndarray, part: Any, minmax: bool = True) -> None:
     present, counts, n_classes, table, (cl, gene, st) = part
     width = out.shape[2]
     if not minmax and not np.any(table[present % n_classes]):
         # zeros stay zeros (the usual case): only the stored pairs and the cell counts move
-        flat = (cl // n_classes) * width + gene
-        for i, row in ((A_NAN, 1), (A_SUM, 2), (A_SQ, 3), (A_NNZ, 4)):
-            np.add.at(out[i].reshape(-1), flat, st[row])
-        np.add.at(out[A_N], present // n_classes, counts[:, None].astype(np.float64))
-        np.subtract.at(out[A_N].reshape(-1), flat, st[1])  # a stored NaN is no value
+        kernels.add_pairs(out, cl // n_classes, gene, st, _FAST_ROWS, _FAST_DEST)
+        st_nan = st[1]
+        if st_nan.any():  # a stored NaN is no value
+            kernels.add_pairs(out, cl // n_classes, gene, -st_nan[None], _ZERO, _N_ROW)
+        out[A_N] += np.bincount(present // n_classes, weights=counts.astype(np.float64),
+                                minlength=out.shape[1])[:, None]
         return
     acc = empty_acc(len(present), width)
     stored = np.zeros((len(present), width))
@@ -161,7 +171,7 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     for j, width in enumerate(pairs.chunks[1]):
         fn = partial(merge, n_labels=n_labels, n_genes=width, minmax=minmax)
         acc = da.reduction(pairs[:, bounds[j] : bounds[j + 1]], _identity, fn, combine=fn,
-                           axis=0, split_every=4, concatenate=False, dtype=np.float64,
+                           axis=0, split_every=SPLIT_EVERY, concatenate=False, dtype=np.float64,
                            meta=np.empty((0,)))
         out.append(acc.map_blocks(_identity, new_axis=[0, 1], chunks=((len(ACC),), (n_labels,),
                                                                        (width,)),
