@@ -126,10 +126,12 @@ def _seurat_v3_equal(got, want, batches=False):
     loose = batches and SCANPY_112  # a gene or two swap at the edge of the selection
     differ = (got["highly_variable"] != want["highly_variable"]).mean()
     assert differ <= (0.01 if loose else 0.0), differ
-    rtol = 3e-3 if loose else 1e-9
+    # the issue's 1e-6: sums of squares less squared sums cancel, and the order in which
+    # row groups' sums add up (not scanpy's) moves the last digits of large variances
+    rtol = 3e-3 if loose else 1e-6
     for c in ("means", "variances", "variances_norm"):
         np.testing.assert_allclose(got[c], want[c], rtol=rtol, err_msg=c)
-    if rtol == 1e-9:
+    if not loose:
         np.testing.assert_array_equal(got["highly_variable_rank"],
                                       want["highly_variable_rank"])
 

@@ -191,8 +191,7 @@ def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
         cell_vals = [gather(c, r) for c in by_row]  # compiled: no widened index array
         gene_vals: list[np.ndarray] = []
         if uses_genes:
-            q = np.repeat(np.arange(j0, j1), lengths[j0:j1])
-            gene_vals = [g[q] for g in genes]
+            gene_vals = [np.repeat(g[j0:j1], lengths[j0:j1]) for g in genes]
         out = np.asarray(np.broadcast_to(expr.evaluate(v, cell_vals, gene_vals), v.shape),
                          dtype=dtype if native else np.float64)
         e = ends_cum[j0:j1] - done

@@ -183,10 +183,12 @@ def dense_partials(block: np.ndarray, axis: int) -> np.ndarray:
 
 
 @jit(nogil=True)
-def label_partials(starts, ends, vals, rows, labels, n_labels):  # pragma: no cover - compiled
+def label_partials(starts, ends, vals, rows, labels, same, n_labels):  # pragma: no cover
     """Per (label, requested gene), over the stored entries of the label's cells.
 
-    ``labels[r]`` is the label of cell ``r`` of the row group, or -1 to leave it out.
+    ``labels[r]`` is the label of cell ``r`` of the row group, or -1 to leave it out; with
+    ``same >= 0`` every cell has label ``same`` (``labels`` and ``rows`` are not read).
+    Values may be of any dtype: they are accumulated in float64.
     Returns ``(label, gene, stats)`` for the pairs with a stored entry, ``stats`` a
     ``(len(LABEL_STATS), pairs)`` array: entries stored, NaN among them, and of the
     others their sum, sum of squares, non-zero count, min and max.
@@ -203,10 +205,10 @@ def label_partials(starts, ends, vals, rows, labels, n_labels):  # pragma: no co
     for j in range(starts.shape[0]):
         t = 0
         for k in range(starts[j], ends[j]):
-            lab = labels[rows[k]]
+            lab = same if same >= 0 else labels[rows[k]]
             if lab < 0:
                 continue
-            v = vals[k]
+            v = np.float64(vals[k])
             if acc[0, lab] == 0:
                 touched[t] = lab
                 t += 1

@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from scdask.compute import kernels
-from scdask.compute.blocks import Spec, block_fill, entries
+from scdask.compute.blocks import Spec, batches, block_fill
 from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
 from scdask.compute.reductions import Inputs, finalize
 
@@ -52,10 +52,22 @@ def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any
         codes = np.where(np.isnan(fill.table).all(axis=1)[fill.labels], -1, codes)
     n_classes = fill.n_classes
     combined = np.where(codes >= 0, codes * n_classes + fill.labels, -1)
-    lab = np.full(sel.n_rows, -1, np.int64)
-    lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
-    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True)
-    pairs = kernels.label_partials(starts, ends, vals, rows, lab, n_labels * n_classes)
+    if sel.local is None and len(combined) and (combined == combined[0]).all():
+        # every cell of the row group has one label: the cell indices need not be read
+        lab, same = np.zeros(0, np.int64), int(combined[0])
+    else:
+        lab, same = np.full(sel.n_rows, -1, np.int64), -1
+        lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
+    cl, gene, st = [], [], []
+    for j0, _, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes,
+                                                   same < 0, native=True):
+        c, g, t = kernels.label_partials(starts, ends, vals, rows, lab, same,
+                                         n_labels * n_classes)
+        cl.append(c)
+        gene.append(g + j0)
+        st.append(t)
+    pairs = ((cl[0], gene[0], st[0]) if len(cl) == 1 else
+             (np.concatenate(cl), np.concatenate(gene), np.concatenate(st, axis=1)))
     present, counts = np.unique(combined[combined >= 0], return_counts=True)
     return present, counts, n_classes, fill.table, pairs
 

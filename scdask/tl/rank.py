@@ -255,7 +255,9 @@ def rank_genes_groups(
         n_rest = total - n
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_rest = (sums.sum(0) - sums) / n_rest
-            var_rest = ((sumsq.sum(0) - sumsq) - mean_rest ** 2 * n_rest) / (n_rest - 1)
+            # sums of squares less the squared mean cancel: a constant rest is 0, not -1e-16
+            var_rest = np.maximum((sumsq.sum(0) - sumsq) - mean_rest ** 2 * n_rest, 0) / (
+                n_rest - 1)
         nnz_rest = nnz.sum(0) - nnz
     else:
         for g in range(n_groups):
