@@ -23,6 +23,9 @@ import xarray as xr
 from dask.base import tokenize
 
 from scdask.compute import Matrix, as_matrix, wrap
+from scdask.compute.blocks import _row_of, _take
+from scdask.compute.kernels import count_cells
+from scdask.tl import kernels
 from scdask.parallel import tree_sum
 
 #: Genes above which the ``genes × genes`` accumulator would be too large (8 GiB at 32,768).
@@ -35,44 +38,64 @@ TILE_CELLS = 2048
 SPARSE_COST = 30
 
 
-def _block(m: Matrix, sel: Any) -> tuple[sp.csr_matrix, np.ndarray]:
-    """One row group's selected cells as ``D`` (CSR), and the genes' values at zero."""
-    cell, gene, vals, fill = m.coo(sel)
-    d = vals.astype(np.float64) - fill[gene]
-    mat = sp.csr_matrix((d, (cell, gene)), shape=(sel.count, len(fill)))
-    return mat, fill
+class _Block:
+    """One row group's selected cells as ``D``, the stored entries minus their gene's value
+    at zero: its shape, size per cell, and dense tiles of cells (never the whole of it)."""
 
+    def __init__(self, m: Matrix, sel: Any) -> None:
+        (self.starts, self.ends, self.vals, self.rows), self.fill = m.entries_and_fill(sel)
+        self.row_of = _row_of(sel)
+        self.shape = (sel.count, len(self.fill))
 
-def _dense_tiles(d: sp.csr_matrix) -> bool:
-    """Whether products with ``D`` are cheaper through dense tiles of cells (BLAS) than
-    sparse (a cell's entries pair with each other: sum of squared entries per cell)."""
-    per_cell = np.diff(d.indptr).astype(np.float64)
-    return bool(SPARSE_COST * (per_cell ** 2).sum() > d.shape[0] * d.shape[1] ** 2 / 2)
+    def sparse(self) -> sp.csr_matrix:
+        take = _take(self.starts, self.ends)
+        gene = np.repeat(np.arange(len(self.starts)), self.ends - self.starts)
+        cell = self.row_of[self.rows[take].astype(np.int64)]
+        keep = cell >= 0
+        d = np.asarray(self.vals)[take][keep].astype(np.float64) - self.fill[gene[keep]]
+        return sp.csr_matrix((d, (cell[keep], gene[keep])), shape=self.shape)
 
+    def dense_is_cheaper(self) -> bool:
+        """Whether products are cheaper through dense tiles of cells (BLAS) than sparse (a
+        cell's entries pair with each other: the sum of squared entries per cell)."""
+        per_row = np.zeros(len(self.row_of), np.int64)
+        count_cells(self.starts, self.ends, self.rows, per_row)
+        per_cell = per_row[self.row_of >= 0].astype(np.float64)
+        return bool(SPARSE_COST * (per_cell ** 2).sum() > self.shape[0] * self.shape[1] ** 2 / 2)
 
-def _tiles(d: sp.csr_matrix) -> Any:
-    """``(start, dense tile)`` of :data:`TILE_CELLS` cells at a time."""
-    for a in range(0, d.shape[0], TILE_CELLS):
-        yield a, d[a : a + TILE_CELLS].toarray()
+    def tiles(self) -> Any:
+        """``(first cell, dense tile)`` of :data:`TILE_CELLS` cells at a time."""
+        ascending = kernels.cells_ascending(self.starts, self.ends, self.rows, self.row_of)
+        cursor = self.starts.astype(np.int64).copy()
+        n, p = self.shape
+        out = np.empty((min(TILE_CELLS, n), p), order="F")  # BLAS's order, genes contiguous
+        for a in range(0, n, TILE_CELLS):
+            b = min(a + TILE_CELLS, n)
+            tile = out[: b - a]
+            kernels.dense_tile(self.starts, self.ends, self.vals, self.rows, self.row_of,
+                               self.fill, a, b, cursor, ascending, tile)
+            yield a, tile
 
 
 def _gram(m: Matrix, sel: Any) -> np.ndarray:
     """``[DᵀD | column sums | values at zero]`` of one row group: ``(genes, genes + 2)``
     (summed over row groups, the last column is the values at zero times the groups)."""
-    from scipy.linalg import blas
-
-    d, fill = _block(m, sel)
+    d = _Block(m, sel)
     p = d.shape[1]
     out = np.empty((p, p + 2))
-    if _dense_tiles(d):  # dense among these genes: BLAS on bounded tiles of cells
-        g = np.zeros((p, p), order="F")
-        for _, tile in _tiles(d):
-            g = blas.dsyrk(1.0, tile, beta=1.0, c=g, trans=1, overwrite_c=1)
-        out[:, :-2] = np.triu(g) + np.triu(g, 1).T
+    if d.dense_is_cheaper():  # dense among these genes: BLAS on bounded tiles of cells
+        g = out[:, :-2]
+        g[:] = 0.0
+        sums = np.zeros(p)
+        for _, tile in d.tiles():  # numpy's tᵀt is BLAS's syrk, outside the GIL (scipy's holds it)
+            g += tile.T @ tile
+            sums += tile.sum(axis=0)
+        out[:, -2] = sums
     else:
-        out[:, :-2] = (d.T @ d).toarray()
-    out[:, -2] = np.asarray(d.sum(axis=0)).reshape(-1)
-    out[:, -1] = fill
+        s = d.sparse()
+        out[:, :-2] = (s.T @ s).toarray()
+        out[:, -2] = np.asarray(s.sum(axis=0)).reshape(-1)
+    out[:, -1] = d.fill
     return out
 
 
@@ -81,11 +104,11 @@ def _scores(m: Matrix, sels: np.ndarray, *, components: np.ndarray, shift: np.nd
     sel = sels.reshape(-1)[0]
     if sel is None:  # an empty selection's one block
         return np.zeros((0, components.shape[1]), dtype)
-    d, _ = _block(m, sel)
-    if not _dense_tiles(d):
-        return (np.asarray(d @ components) - shift).astype(dtype)
+    d = _Block(m, sel)
+    if not d.dense_is_cheaper():
+        return (np.asarray(d.sparse() @ components) - shift).astype(dtype)
     out = np.empty((d.shape[0], components.shape[1]), dtype)
-    for a, tile in _tiles(d):
+    for a, tile in d.tiles():
         out[a : a + len(tile)] = tile @ components - shift
     return out
 
