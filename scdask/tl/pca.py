@@ -25,8 +25,8 @@ from dask.base import tokenize
 from scdask.compute import Matrix, as_matrix, wrap
 from scdask.compute.blocks import _row_of, _take
 from scdask.compute.kernels import count_cells
-from scdask.tl import kernels
 from scdask.parallel import tree_sum
+from scdask.tl import kernels
 
 #: Genes above which the ``genes × genes`` accumulator would be too large (8 GiB at 32,768).
 MAX_GENES = 16_384
