@@ -30,9 +30,11 @@ ACC = ("n", "sum", "sumsq", "min", "max", "nan", "nnz")
 A_N, A_SUM, A_SQ, A_MIN, A_MAX, A_NAN, A_NNZ = range(7)
 #: Bytes of one row of a dense ``(labels, genes)`` accumulator of one block of genes.
 BLOCK_BYTES = 8 << 20
-#: Row groups' pairs merged into one dense accumulator at once: the accumulator of many
-#: labels is large beside a row group's pairs (few per label), so few are made
-SPLIT_EVERY = 16
+#: Row groups' pairs merged into one dense accumulator at once: with labels of a few cells
+#: per row group, the accumulator is large beside a row group's pairs (about its entries),
+#: so few accumulators are made; labels of many cells have about one pair per label and
+#: gene, as large as an accumulator, so fewer pairs are held at once.
+SPLIT_EVERY = {"few cells per label": 16, "many": 4}
 
 
 def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
@@ -178,12 +180,14 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     pairs = da.blockwise(label_block, "ig", *args, adjust_chunks={"i": 1}, align_arrays=False,
                          concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
                          spec=inp.spec, n_labels=n_labels, drop_masked=drop_masked)
+    per_group = max(1.0, float(np.mean(inp.counts)) if len(inp.counts) else 1.0)
+    split = SPLIT_EVERY["few cells per label" if 4 * n_labels > per_group else "many"]
     bounds = np.cumsum((0, *pairs.chunks[1]))
     out = []
     for j, width in enumerate(pairs.chunks[1]):
         fn = partial(merge, n_labels=n_labels, n_genes=width, minmax=minmax)
         acc = da.reduction(pairs[:, bounds[j] : bounds[j + 1]], _identity, fn, combine=fn,
-                           axis=0, split_every=SPLIT_EVERY, concatenate=False, dtype=np.float64,
+                           axis=0, split_every=split, concatenate=False, dtype=np.float64,
                            meta=np.empty((0,)))
         out.append(acc.map_blocks(_identity, new_axis=[0, 1], chunks=((len(ACC),), (n_labels,),
                                                                        (width,)),

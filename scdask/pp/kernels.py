@@ -8,7 +8,7 @@ import numpy as np
 from scdask._jit import jit
 
 #: Cells whose values are gathered together at once (their values stay in cache).
-CELL_BLOCK = 1024
+CELL_BLOCK = 4096
 
 
 @jit(nogil=True)
@@ -76,7 +76,7 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
     stop = np.empty_like(starts)
     count = np.zeros(CELL_BLOCK + 1, dtype=np.int64)
     nxt = np.zeros(CELL_BLOCK, dtype=np.int64)
-    by_cell = np.empty(0, dtype=np.float64)
+    by_cell = np.empty(0, dtype=vals.dtype)  # values as stored: a block's stay in cache
     for r0 in range(0, n_rows, CELL_BLOCK):
         r1 = min(r0 + CELL_BLOCK, n_rows)
         count[:] = 0
@@ -90,7 +90,7 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
         for i in range(r1 - r0):
             count[i + 1] += count[i]
         if by_cell.shape[0] < count[r1 - r0]:
-            by_cell = np.empty(2 * count[r1 - r0], dtype=np.float64)
+            by_cell = np.empty(2 * count[r1 - r0], dtype=vals.dtype)
         nxt[:] = count[:-1]
         for j in range(n_genes):
             for k in range(pos[j], stop[j]):
@@ -104,7 +104,7 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
             lo, hi = count[i], count[i + 1]  # in place within the previous top (linear time)
             total = 0.0
             for q in range(lo, hi):
-                total += by_cell[q]
+                total += np.float64(by_cell[q])
             for t in range(n_top - 1, -1, -1):
                 n = ns[t]
                 if hi - lo > n:
@@ -112,6 +112,6 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
                     _select(by_cell, count[i], hi, lo)
                     total = 0.0
                     for q in range(lo, hi):
-                        total += by_cell[q]
+                        total += np.float64(by_cell[q])
                 cells[3 + n_sets + t, r0 + i] = total
     return cells, genes
