@@ -17,6 +17,13 @@ from tests.conftest import close
 pytestmark = pytest.mark.filterwarnings("ignore::anndata.ImplicitModificationWarning")
 
 
+@pytest.fixture(autouse=True, params=["pairs", "dense"])
+def layout(request, monkeypatch):
+    """Every test with a row group's statistics as (label, gene) pairs and as dense arrays."""
+    monkeypatch.setattr(labels, "DENSE_CELLS_PER_LABEL", 1e9 if request.param == "pairs" else 0)
+    return request.param
+
+
 def _dense(x: xr.DataArray, X: np.ndarray) -> xr.DataArray:
     """``x``'s cells and genes and obs coordinates, its values ``X`` in numpy."""
     return xr.DataArray(X, dims=x.dims, coords={k: (c.dims, np.asarray(c.values))

@@ -311,3 +311,38 @@ def add_pairs(out, label, gene, st, rows, dest):  # pragma: no cover - compiled
         b = gene[k]
         for i in range(rows.shape[0]):
             out[dest[i], a, b] += st[rows[i], k]
+
+
+@jit(nogil=True)
+def label_dense(starts, ends, vals, rows, labels, same, out):  # pragma: no cover - compiled
+    """:func:`label_partials` into a dense ``out`` of shape ``(7, labels, genes)``: for labels
+    of many cells, where nearly every (label, gene) has a stored entry and pairs would be
+    as large. Min and max are ``+inf``/``-inf`` where a label has no value. A gene's
+    statistics gather in a small scratch (its labels side by side), then go to ``out``."""
+    n_labels = out.shape[1]
+    acc = np.zeros((n_labels, 7))
+    for j in range(starts.shape[0]):
+        for lab in range(n_labels):
+            acc[lab, 5] = np.inf
+            acc[lab, 6] = -np.inf
+        for k in range(starts[j], ends[j]):
+            lab = same if same >= 0 else labels[rows[k]]
+            if lab < 0:
+                continue
+            v = np.float64(vals[k])
+            acc[lab, 0] += 1
+            if v != v:
+                acc[lab, 1] += 1
+                continue
+            acc[lab, 2] += v
+            acc[lab, 3] += v * v
+            if v != 0:
+                acc[lab, 4] += 1
+            if v < acc[lab, 5]:
+                acc[lab, 5] = v
+            if v > acc[lab, 6]:
+                acc[lab, 6] = v
+        for lab in range(n_labels):
+            for f in range(7):
+                out[f, lab, j] = acc[lab, f]
+                acc[lab, f] = 0.0

@@ -35,14 +35,18 @@ BLOCK_BYTES = 8 << 20
 #: so few accumulators are made; labels of many cells have about one pair per label and
 #: gene, as large as an accumulator, so fewer pairs are held at once.
 SPLIT_EVERY = {"few cells per label": 16, "many": 4}
+#: Cells per label in a row group (on average) from which a row group's statistics are
+#: dense ``(7, labels, genes)`` arrays rather than (label, gene) pairs.
+DENSE_CELLS_PER_LABEL = 4
 
 
 def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
-                n_labels: int, drop_masked: bool) -> Any:
+                n_labels: int, drop_masked: bool, dense: bool = False) -> Any:
     """One row group × block of genes, per label: the stored pairs and what the implicit
     entries need (cells per label and value at zero). ``codes`` are the labels of the row
     group's selected cells (-1: in no group); with ``drop_masked``, cells whose every value
-    is NaN (masked by ``.where``) are in no group either."""
+    is NaN (masked by ``.where``) are in no group either. ``dense``: the statistics of every
+    (label, gene) as one ``(7, labels, genes)`` array, not pairs."""
     sel = sels.reshape(-1)[0]
     if sel is None:
         return None
@@ -60,9 +64,15 @@ def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any
     else:
         lab, same = np.full(sel.n_rows, -1, np.int64), -1
         lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
+    present, counts = np.unique(combined[combined >= 0], return_counts=True)
+    parts = batches(spec, sel, unique, inverse, cells, genes, same < 0, native=True)
+    if dense:  # labels of many cells: nearly every (label, gene) has an entry
+        stats = np.empty((7, n_labels * n_classes, len(inverse)))
+        for j0, j1, starts, ends, vals, rows in parts:
+            kernels.label_dense(starts, ends, vals, rows, lab, same, stats[:, :, j0:j1])
+        return present, counts, n_classes, fill.table, stats
     cl, gene, st = [], [], []
-    for j0, _, starts, ends, vals, rows in batches(spec, sel, unique, inverse, cells, genes,
-                                                   same < 0, native=True):
+    for j0, _, starts, ends, vals, rows in parts:
         c, g, t = kernels.label_partials(starts, ends, vals, rows, lab, same,
                                          n_labels * n_classes)
         cl.append(c)
@@ -70,7 +80,6 @@ def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any
         st.append(t)
     pairs = ((cl[0], gene[0], st[0]) if len(cl) == 1 else
              (np.concatenate(cl), np.concatenate(gene), np.concatenate(st, axis=1)))
-    present, counts = np.unique(combined[combined >= 0], return_counts=True)
     return present, counts, n_classes, fill.table, pairs
 
 
@@ -111,9 +120,20 @@ _ZERO, _N_ROW = np.array([0]), np.array([A_N])
 
 
 def _add_block(out: np.ndarray, part: Any, minmax: bool = True) -> None:
-    present, counts, n_classes, table, (cl, gene, st) = part
+    present, counts, n_classes, table, stats = part
     width = out.shape[2]
-    if not minmax and not np.any(table[present % n_classes]):
+    dense = isinstance(stats, np.ndarray)
+    zeros_stay = not minmax and not np.any(table[present % n_classes])
+    if dense and zeros_stay:  # every (label, gene) at once; classes of a label add up
+        by_label = stats if n_classes == 1 else stats.reshape(7, -1, n_classes, width).sum(2)
+        for i, row in zip(_FAST_DEST, _FAST_ROWS, strict=True):
+            out[i] += by_label[row]
+        out[A_N] -= by_label[1]  # a stored NaN is no value
+        out[A_N] += np.bincount(present // n_classes, weights=counts.astype(np.float64),
+                                minlength=out.shape[1])[:, None]
+        return
+    if not dense and zeros_stay:
+        cl, gene, st = stats
         # zeros stay zeros (the usual case): only the stored pairs and the cell counts move
         kernels.add_pairs(out, cl // n_classes, gene, st, _FAST_ROWS, _FAST_DEST)
         st_nan = st[1]
@@ -123,11 +143,19 @@ def _add_block(out: np.ndarray, part: Any, minmax: bool = True) -> None:
                                 minlength=out.shape[1])[:, None]
         return
     acc = empty_acc(len(present), width)
-    stored = np.zeros((len(present), width))
-    p = np.searchsorted(present, cl)
-    stored[p, gene] = st[0]
-    for i, row in ((A_NAN, 1), (A_SUM, 2), (A_SQ, 3), (A_NNZ, 4), (A_MIN, 5), (A_MAX, 6)):
-        acc[i][p, gene] = st[row]
+    rows = ((A_NAN, 1), (A_SUM, 2), (A_SQ, 3), (A_NNZ, 4), (A_MIN, 5), (A_MAX, 6))
+    if dense:
+        d = stats[:, present]
+        stored = d[0]
+        for i, row in rows:
+            acc[i] = d[row]
+    else:
+        cl, gene, st = stats
+        stored = np.zeros((len(present), width))
+        p = np.searchsorted(present, cl)
+        stored[p, gene] = st[0]
+        for i, row in rows:
+            acc[i][p, gene] = st[row]
     fill = table[present % n_classes]
     implicit = counts[:, None] - stored
     isnan = np.isnan(fill)
@@ -177,11 +205,12 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
     args = inp.args(block, "i", "g")
     args[4:4] = [da.from_array(np.asarray(codes, np.int64), chunks=(inp.counts,)), "i"]
+    per_group = max(1.0, float(np.mean(inp.counts)) if len(inp.counts) else 1.0)
+    many = DENSE_CELLS_PER_LABEL * n_labels <= per_group
+    split = SPLIT_EVERY["many" if many else "few cells per label"]
     pairs = da.blockwise(label_block, "ig", *args, adjust_chunks={"i": 1}, align_arrays=False,
                          concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),
-                         spec=inp.spec, n_labels=n_labels, drop_masked=drop_masked)
-    per_group = max(1.0, float(np.mean(inp.counts)) if len(inp.counts) else 1.0)
-    split = SPLIT_EVERY["few cells per label" if 4 * n_labels > per_group else "many"]
+                         spec=inp.spec, n_labels=n_labels, drop_masked=drop_masked, dense=many)
     bounds = np.cumsum((0, *pairs.chunks[1]))
     out = []
     for j, width in enumerate(pairs.chunks[1]):

@@ -59,8 +59,12 @@ def rank_sums(offsets, vals, labels, n_cells, ref_of, rest):  # pragma: no cover
     less = np.zeros(n_labels)
     touched = np.empty(n_labels, dtype=np.int64)
     ref_ties = np.zeros(n_labels)
+    s_g = np.zeros(n_labels)  # the gene's sums and ties, written to its column at its end
+    t_g = np.zeros(n_labels)  # (the column's entries are far apart in memory)
     for j in range(n_genes):
         a, b = offsets[j], offsets[j + 1]
+        s_g[:] = 0.0
+        t_g[:] = 0.0
         stored[:] = 0.0
         less[:] = 0.0
         for k in range(a, b):  # a NaN cell is in no run (nor among the zeros)
@@ -112,8 +116,8 @@ def rank_sums(offsets, vals, labels, n_cells, ref_of, rest):  # pragma: no cover
                     avg = less_all + (total + 1.0) / 2.0
                     for i in range(t):
                         lab = touched[i]
-                        sums[lab, j] += cnt[lab] * avg
-                    ties[0, j] += total * total * total - total
+                        s_g[lab] += cnt[lab] * avg
+                    t_g[0] += total * total * total - total
                     less_all += total
             else:
                 for i in range(t):  # every label's ties alone: those of the references count
@@ -126,9 +130,9 @@ def rank_sums(offsets, vals, labels, n_cells, ref_of, rest):  # pragma: no cover
                         continue
                     c = cnt[lab]
                     c_ref = cnt[ref]
-                    sums[lab, j] += c * (less[lab] + less[ref] + (c + c_ref + 1.0) / 2.0)
+                    s_g[lab] += c * (less[lab] + less[ref] + (c + c_ref + 1.0) / 2.0)
                     both = c + c_ref
-                    ties[lab, j] += both * both * both - both - (c_ref * c_ref * c_ref - c_ref)
+                    t_g[lab] += both * both * both - both - (c_ref * c_ref * c_ref - c_ref)
                 for i in range(t):
                     less[touched[i]] += cnt[touched[i]]
             for i in range(t):
@@ -137,7 +141,10 @@ def rank_sums(offsets, vals, labels, n_cells, ref_of, rest):  # pragma: no cover
         if not rest:
             for lab in range(n_labels):
                 if ref_of[lab] >= 0 and ref_of[lab] != lab:
-                    ties[lab, j] += ref_ties[ref_of[lab]]
+                    t_g[lab] += ref_ties[ref_of[lab]]
+        for lab in range(n_labels):
+            sums[lab, j] = s_g[lab]
+            ties[lab, j] = t_g[lab]
     return sums, ties
 
 
@@ -176,3 +183,45 @@ def dense_tile(starts, ends, vals, rows, row_of, fill, lo, hi, cursor, ascending
             k += 1
         if ascending:
             cursor[j] = k
+
+
+@jit(nogil=True)
+def sort_by_gene_value32(gene, vals, labels, n_genes):  # pragma: no cover - compiled
+    """:func:`sort_by_gene_value` for float32 values and labels under 2**32: each entry a
+    64-bit key (the value's bits made to sort as the value, NaN last; the label below),
+    sorted in place per gene — no index array, no gathers."""
+    n = gene.shape[0]
+    offsets = np.zeros(n_genes + 1, dtype=np.int64)
+    for k in range(n):
+        offsets[gene[k] + 1] += 1
+    for j in range(n_genes):
+        offsets[j + 1] += offsets[j]
+    nxt = offsets[:-1].copy()
+    bits = vals.view(np.uint32)
+    keys = np.empty(n, dtype=np.uint64)
+    for k in range(n):
+        b = np.uint64(bits[k])
+        if vals[k] != vals[k]:
+            u = np.uint64(0xFFFFFFFF)
+        elif b & np.uint64(0x80000000):
+            u = ~b & np.uint64(0xFFFFFFFF)
+        else:
+            u = b | np.uint64(0x80000000)
+        p = nxt[gene[k]]
+        keys[p] = (u << np.uint64(32)) | np.uint64(labels[k])
+        nxt[gene[k]] += 1
+    for j in range(n_genes):
+        if offsets[j + 1] - offsets[j] > 1:
+            keys[offsets[j] : offsets[j + 1]].sort()
+    out_bits = np.empty(n, dtype=np.uint32)
+    l2 = np.empty_like(labels)
+    for k in range(n):
+        u = keys[k] >> np.uint64(32)
+        if u == np.uint64(0xFFFFFFFF):
+            out_bits[k] = np.uint32(0x7FC00000)  # NaN
+        elif u & np.uint64(0x80000000):
+            out_bits[k] = np.uint32(u & np.uint64(0x7FFFFFFF))
+        else:
+            out_bits[k] = np.uint32(~u & np.uint64(0xFFFFFFFF))
+        l2[k] = labels.dtype.type(keys[k] & np.uint64(0xFFFFFFFF))
+    return offsets, out_bits.view(np.float32), l2

@@ -119,7 +119,11 @@ def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: 
     del vals
     lab = np.concatenate(labs)
     del labs
-    offsets, val, lab = kernels.sort_by_gene_value(gene, val, lab, hi - lo)
+    if val.dtype.kind in "iub" and val.dtype.itemsize <= 2:
+        val = val.astype(np.float32)  # exact: small integers (counts as stored)
+    sort = (kernels.sort_by_gene_value32 if val.dtype == np.float32 else
+            kernels.sort_by_gene_value)  # one 64-bit key per entry: no index, no gathers
+    offsets, val, lab = sort(gene, val, lab, hi - lo)
     out = kernels.rank_sums(offsets, val, lab, n_cells.astype(np.float64), ref_of, rest)
     del gene, val, lab, offsets
     release_memory()  # the block's entries go back to the OS, not to a growing heap
