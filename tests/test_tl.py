@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import scdask
-from tests.conftest import shared_params
+from tests.conftest import generic_dask, shared_params
 from tests.test_pp import _read
 
 sc = pytest.importorskip("scanpy")
@@ -221,6 +221,14 @@ def test_pca_refusals(lognorm):
     masked = masked.assign(X=masked.X - masked.X.mean("gene"))  # a per-cell value at zero
     with pytest.raises(ValueError, match="differ from cell to cell"):
         scdask.tl.pca(masked, n_comps=3)
+
+
+@generic_dask
+def test_reordered_cells_are_refused_saying_why(lognorm):
+    """Reordered cells leave the engine (a generic Dask array): the refusal says so."""
+    shuffled = lognorm.isel(gene=slice(0, 10), cell=[3, 1, 2])
+    with pytest.raises(TypeError, match="increasing order"):
+        scdask.tl.pca(shuffled, n_comps=2)
 
 
 def test_analysis_on_a_cluster_of_processes(lognorm, ds):

@@ -153,5 +153,11 @@ def as_matrix(data: Any, var: str = "X", *, caller: str) -> Matrix:
     arr = getattr(x, "data", None)
     if (not isinstance(x, xr.DataArray) or not isinstance(arr, ScdaskArray) or arr.ndim != 2
             or x.dims[0] != "cell"):
-        raise TypeError(f"{caller} needs a cell × gene matrix opened with scdask.open")
+        hint = ""
+        if isinstance(x, xr.DataArray) and x.ndim == 2 and x.dims[0] == "cell" and (
+                hasattr(arr, "dask") or type(arr).__name__ in ("Array", "DaskProxy")):
+            hint = (" (this one is a generic Dask array: selections that reorder or repeat "
+                    "cells leave scdask's engine; select cells in increasing order, e.g. "
+                    "isel(cell=np.sort(positions)))")
+        raise TypeError(f"{caller} needs a cell × gene matrix opened with scdask.open{hint}")
     return Matrix(x, arr._base, arr)
