@@ -183,6 +183,24 @@ def dense_partials(block: np.ndarray, axis: int) -> np.ndarray:
 
 
 @jit(nogil=True)
+def _add_value(acc, lab, v):  # pragma: no cover - compiled
+    """One stored value ``v`` of label ``lab`` into ``acc``'s rows: entries, NaN, and of the
+    others sum, sum of squares, non-zeros, min and max."""
+    acc[0, lab] += 1
+    if v != v:
+        acc[1, lab] += 1
+        return
+    acc[2, lab] += v
+    acc[3, lab] += v * v
+    if v != 0:
+        acc[4, lab] += 1
+    if v < acc[5, lab]:
+        acc[5, lab] = v
+    if v > acc[6, lab]:
+        acc[6, lab] = v
+
+
+@jit(nogil=True)
 def label_partials(starts, ends, vals, rows, labels, same, n_labels):  # pragma: no cover
     """Per (label, requested gene), over the stored entries of the label's cells.
 
@@ -208,24 +226,12 @@ def label_partials(starts, ends, vals, rows, labels, same, n_labels):  # pragma:
             lab = same if same >= 0 else labels[rows[k]]
             if lab < 0:
                 continue
-            v = np.float64(vals[k])
             if acc[0, lab] == 0:
                 touched[t] = lab
                 t += 1
                 acc[5, lab] = np.inf
                 acc[6, lab] = -np.inf
-            acc[0, lab] += 1
-            if v != v:
-                acc[1, lab] += 1
-                continue
-            acc[2, lab] += v
-            acc[3, lab] += v * v
-            if v != 0:
-                acc[4, lab] += 1
-            if v < acc[5, lab]:
-                acc[5, lab] = v
-            if v > acc[6, lab]:
-                acc[6, lab] = v
+            _add_value(acc, lab, np.float64(vals[k]))
         for i in range(t):
             lab = touched[i]
             out_l[m] = lab
@@ -318,31 +324,17 @@ def label_dense(starts, ends, vals, rows, labels, same, out):  # pragma: no cove
     """:func:`label_partials` into a dense ``out`` of shape ``(7, labels, genes)``: for labels
     of many cells, where nearly every (label, gene) has a stored entry and pairs would be
     as large. Min and max are ``+inf``/``-inf`` where a label has no value. A gene's
-    statistics gather in a small scratch (its labels side by side), then go to ``out``."""
+    statistics gather in a small scratch, then go to ``out``."""
     n_labels = out.shape[1]
-    acc = np.zeros((n_labels, 7))
+    acc = np.zeros((7, n_labels))
     for j in range(starts.shape[0]):
-        for lab in range(n_labels):
-            acc[lab, 5] = np.inf
-            acc[lab, 6] = -np.inf
+        acc[5, :] = np.inf
+        acc[6, :] = -np.inf
         for k in range(starts[j], ends[j]):
             lab = same if same >= 0 else labels[rows[k]]
-            if lab < 0:
-                continue
-            v = np.float64(vals[k])
-            acc[lab, 0] += 1
-            if v != v:
-                acc[lab, 1] += 1
-                continue
-            acc[lab, 2] += v
-            acc[lab, 3] += v * v
-            if v != 0:
-                acc[lab, 4] += 1
-            if v < acc[lab, 5]:
-                acc[lab, 5] = v
-            if v > acc[lab, 6]:
-                acc[lab, 6] = v
-        for lab in range(n_labels):
-            for f in range(7):
-                out[f, lab, j] = acc[lab, f]
-                acc[lab, f] = 0.0
+            if lab >= 0:
+                _add_value(acc, lab, np.float64(vals[k]))
+        for f in range(7):
+            for lab in range(n_labels):
+                out[f, lab, j] = acc[f, lab]
+        acc[:5, :] = 0.0
