@@ -219,7 +219,13 @@ def coo(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The block's stored entries as ``(cell, gene, value)``: cell among the selected cells
     of the group, gene among the block's genes, in gene-major order."""
-    starts, ends, vals, rows = entries(spec, sel, unique, inverse, cells, genes, True, native)
+    return runs_to_coo(sel, *entries(spec, sel, unique, inverse, cells, genes, True, native))
+
+
+def runs_to_coo(sel: GroupSel, starts: np.ndarray, ends: np.ndarray, vals: np.ndarray,
+                rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of entries (:func:`entries`) as ``(cell, gene, value)``: cell among the selected
+    cells of the group (unselected ones dropped), gene the run's position."""
     take = _take(starts, ends)
     col = np.repeat(np.arange(len(starts)), ends - starts)
     row = _row_of(sel)[rows[take].astype(np.int64)]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from scdask.compute.array import ScdaskArray
-from scdask.compute.blocks import _row_of, _take, block_fill, entries
+from scdask.compute.blocks import block_fill, entries, runs_to_coo
 from scdask.compute.expr import Expr
 from scdask.compute.selection import Base, GroupSel
 
@@ -99,12 +99,8 @@ class Matrix:
         """One row group's stored entries as ``(cell, gene, value)`` (cell: position among
         the row group's selected cells, gene: among the selected genes, gene-major order)
         and each gene's value at zero (see :meth:`entries_and_fill`)."""
-        (starts, ends, vals, rows), fill = self.entries_and_fill(sel, genes)
-        take = _take(starts, ends)
-        gene = np.repeat(np.arange(len(starts)), ends - starts)
-        cell = _row_of(sel)[rows[take].astype(np.int64)]
-        keep = cell >= 0
-        return cell[keep], gene[keep], np.asarray(vals)[take][keep], fill
+        runs, fill = self.entries_and_fill(sel, genes)
+        return (*runs_to_coo(sel, *runs), fill)
 
     def entries_and_fill(self, sel: GroupSel, genes: slice | None = None
                          ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -153,9 +149,10 @@ def as_matrix(data: Any, var: str = "X", *, caller: str) -> Matrix:
     arr = getattr(x, "data", None)
     if (not isinstance(x, xr.DataArray) or not isinstance(arr, ScdaskArray) or arr.ndim != 2
             or x.dims[0] != "cell"):
+        import dask
+
         hint = ""
-        if isinstance(x, xr.DataArray) and x.ndim == 2 and x.dims[0] == "cell" and (
-                hasattr(arr, "dask") or type(arr).__name__ in ("Array", "DaskProxy")):
+        if isinstance(x, xr.DataArray) and dask.is_dask_collection(arr):
             hint = (" (this one is a generic Dask array: selections that reorder or repeat "
                     "cells leave scdask's engine; select cells in increasing order, e.g. "
                     "isel(cell=np.sort(positions)))")

@@ -23,7 +23,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from scdask.compute import Matrix, as_matrix, wrap
-from scdask.compute.blocks import _row_of, _take
+from scdask.compute.blocks import _row_of, runs_to_coo
 from scdask.compute.kernels import count_cells
 from scdask.parallel import tree_sum
 from scdask.tl import kernels
@@ -44,16 +44,14 @@ class _Block:
 
     def __init__(self, m: Matrix, sel: Any) -> None:
         (self.starts, self.ends, self.vals, self.rows), self.fill = m.entries_and_fill(sel)
+        self.sel = sel
         self.row_of = _row_of(sel)
         self.shape = (sel.count, len(self.fill))
 
     def sparse(self) -> sp.csr_matrix:
-        take = _take(self.starts, self.ends)
-        gene = np.repeat(np.arange(len(self.starts)), self.ends - self.starts)
-        cell = self.row_of[self.rows[take].astype(np.int64)]
-        keep = cell >= 0
-        d = np.asarray(self.vals)[take][keep].astype(np.float64) - self.fill[gene[keep]]
-        return sp.csr_matrix((d, (cell[keep], gene[keep])), shape=self.shape)
+        cell, gene, vals = runs_to_coo(self.sel, self.starts, self.ends, self.vals, self.rows)
+        d = vals.astype(np.float64) - self.fill[gene]
+        return sp.csr_matrix((d, (cell, gene)), shape=self.shape)
 
     def dense_is_cheaper(self) -> bool:
         """Whether products are cheaper through dense tiles of cells (BLAS) than sparse (a
