@@ -263,6 +263,37 @@ def test_several_plates_as_one(tmp_path):
     close(inner.X.sum("cell").values, X[:, :30].sum(0))
 
 
+def test_one_store_linked_many_times_answers_as_the_store_repeated(tiny_store, ref, tmp_path):
+    """An atlas of 24 plates (the same store under 24 names, as scripts/measure_atlas.py
+    builds 100M cells): every answer is numpy's on the store's matrix repeated 24 times."""
+    a, X = ref
+    n = 24
+    for i in range(n):
+        (tmp_path / f"plate{i:02d}.zarr").symlink_to(tiny_store)
+    atlas = scdask.open(str(tmp_path / "plate*.zarr"))
+    big = np.tile(X, (n, 1))
+    assert atlas.sizes == {"cell": n * X.shape[0], "gene": X.shape[1]}
+    j = 17
+    gene = atlas.gene.values[j]
+    g = atlas.X.sel(gene=gene)
+    close(g.mean().values, big[:, j].mean())
+    close(g.max().values, big[:, j].max())
+    close((g != 0).sum().values, np.count_nonzero(big[:, j]))
+    close(atlas.X.isel(cell=slice(None, None, 7)).sel(gene=gene).mean().values, big[::7, j].mean())
+    close(atlas.X.mean("cell").values, big.mean(0))
+    close(atlas.X.var("cell").values, big.var(0))
+    drug = np.tile(a.obs["drug"].astype(str).values, n)
+    first = drug[0]
+    close(atlas.where(atlas.drug == first, drop=True).X.sel(gene=gene).mean().values,
+          big[drug == first, j].mean())
+    mask = np.zeros(len(big), bool)
+    mask[::13] = True
+    close(atlas.X.isel(cell=mask).sum("cell").values, big[mask].sum(0))
+    pb = scdask.pseudobulk(atlas, ["drug"]).compute()
+    for i, d in enumerate(pb.drug.values):
+        close(pb["mean"].values[i], big[drug == d].mean(0))
+
+
 def test_duplicated_gene_names(tmp_path):
     X = sp.random(100, 6, density=0.5, format="csr", dtype=np.float32, random_state=1)
     with warnings.catch_warnings():
