@@ -19,6 +19,17 @@ from tests.conftest import QUERY_PLANNING
 N_CELLS, N_GENES = 230, 37
 
 
+@pytest.fixture(autouse=True, params=["a task per row group", "row groups batched"])
+def tasks(request, monkeypatch):
+    """Every test twice: one task per row group, and per-gene reductions reading the store's
+    4 row groups two to a task (as a query over ~6,100 row groups does, 24 to a task)."""
+    from scdask.compute import reductions
+
+    if request.param == "row groups batched":
+        monkeypatch.setattr(reductions, "MAX_TASKS", 2)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
     """A store of a random count matrix with several row groups, and the dense matrix."""

@@ -30,20 +30,35 @@ from scdask.format import cell_stat_array
 
 
 def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.ndarray:
-    """Per gene, partial statistics over one row group's selected cells: ``(1, 6, genes)``."""
-    sel = sels.reshape(-1)[0]
+    """Per gene, partial statistics over the selected cells of one or more row groups (a
+    task's batch, in order): ``(1, 6, genes)``."""
+    groups = [s for s in sels.reshape(-1) if s is not None]
+    if len(groups) <= 1:
+        return _group_partials(groups[0] if groups else None, gpos, ops, spec)[None]
+    part = None
+    at = 0
+    n_cells = spec.n_cells
+    for sel in groups:  # per-cell operands hold the batch's cells, group after group
+        own = tuple(o[at : at + sel.count] for o in ops[:n_cells]) + tuple(ops[n_cells:])
+        at += sel.count
+        p = _group_partials(sel, gpos, own, spec)
+        part = p if part is None else kernels.merge_partials(part, p)
+    return part[None]
+
+
+def _group_partials(sel: Any, gpos: np.ndarray, ops: tuple[Any, ...], spec: Spec) -> np.ndarray:
+    """Per gene, partial statistics over one row group's selected cells: ``(6, genes)``."""
     unique, inverse = spec.genes(gpos)
     cells, genes = spec.split(ops)
     n_genes = len(inverse)
     if sel is None:
-        return kernels.empty_partial(n_genes)[None]
+        return kernels.empty_partial(n_genes)
     fill = block_fill(spec, sel, cells, genes, n_genes)
     if fill.n_classes > CLASS_LIMIT:
         warn_dense(spec.expr, f"its value at zero takes {fill.n_classes} values in a row group")
-        part = np.concatenate([
+        return np.concatenate([
             kernels.dense_partials(dense_block(spec, sel, unique, inverse, cells, genes, fill, q), 0)
             for q in gene_chunks(sel.count, n_genes)], axis=1)
-        return part[None]
     with_rows = sel.local is not None or fill.n_classes > 1
     lab = np.zeros(0, np.int64)
     if with_rows:
@@ -60,7 +75,7 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
         kernels.gene_partials(starts, ends, vals, rows, lab, n_class, np.ascontiguousarray(table),
                               out)
         part[:, j0:j1] = out
-    return part[None]
+    return part
 
 
 def cell_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec,
@@ -229,19 +244,36 @@ REDUCTIONS = {
 }
 
 
-class Inputs:
-    """The blockwise inputs of a lazy matrix: its row groups (one block each), its genes
-    and the per-cell and per-gene operands, chunked alike."""
+#: Tasks of a per-gene reduction: above, each task reads several row groups in turn (a
+#: one-gene query over 100M cells is ~6,100 row groups; its graph stays this small).
+MAX_TASKS = 256
 
-    def __init__(self, spec: Spec, cell_ops: tuple[Any, ...], gene_ops: tuple[Any, ...]) -> None:
+
+class Inputs:
+    """The blockwise inputs of a lazy matrix: its row groups (``batch`` to a block, one by
+    default), its genes and the per-cell and per-gene operands, chunked alike."""
+
+    def __init__(self, spec: Spec, cell_ops: tuple[Any, ...], gene_ops: tuple[Any, ...],
+                 batch: int = 1) -> None:
         b = spec.base
         self.spec = spec
-        self.counts = b.counts
-        groups = np.empty(max(len(b.groups), 1), dtype=object)
-        groups[: len(b.groups)] = b.groups  # an empty selection has one empty block (None)
-        self.sels = da.from_array(groups, chunks=1, asarray=False, name=f"row-groups-{b.token}")
+        self._ops = (cell_ops, gene_ops)
+        n = max(len(b.groups), 1)  # an empty selection has one empty block (None)
+        bounds = list(range(0, n, batch)) + [n]
+        sizes = np.diff(bounds)
+        #: cells of each block
+        self.counts = tuple(int(c) for c in np.add.reduceat(np.asarray(b.counts, np.int64),
+                                                            bounds[:-1])) if b.groups else b.counts
+        groups = np.empty(n, dtype=object)
+        groups[: len(b.groups)] = b.groups
+        self.sels = da.from_array(groups, chunks=(tuple(int(x) for x in sizes),), asarray=False,
+                                  name=f"row-groups-{batch}-{b.token}")
         self.cell_ops = [_aligned(o, (self.counts,)) for o in cell_ops]
         self.gene_ops = gene_ops
+
+    def batched(self, batch: int) -> Inputs:
+        """The same inputs with ``batch`` row groups to a block."""
+        return self if batch <= 1 else Inputs(self.spec, *self._ops, batch=batch)
 
     def genes(self, chunks: Any) -> tuple[Any, list[Any]]:
         """Gene positions chunked by ``chunks``, and the per-gene operands chunked alike."""
@@ -290,7 +322,9 @@ def cell_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool)
 
 def gene_reduction(inp: Inputs, op: str, skipna: bool, ddof: int, integer: bool,
                    scalar: bool) -> Any:
-    """Per selected gene (or one number), over the selected cells: partials, a tree, a finish."""
+    """Per selected gene (or one number), over the selected cells: partials (at most
+    :data:`MAX_TASKS` tasks), a tree, a finish."""
+    inp = inp.batched(-(-len(inp.spec.base.groups) // MAX_TASKS))
     partials = da.blockwise(gene_block, "ikg", *inp.args(-1, "i", "g"), new_axes={"k": 6},
                             token="gene-partial",
                             concatenate=True, align_arrays=False, dtype=np.float64,
