@@ -326,9 +326,10 @@ class Store:
     def obs(self, columns: list[str] | None = None) -> pd.DataFrame:
         return read_frame(self.loc, OBS_FILE, columns)
 
-    def var(self, name: str = "X") -> pd.DataFrame:
+    def var(self, name: str = "X", columns: list[str] | None = None) -> pd.DataFrame:
+        """Matrix ``name``'s var (only ``columns`` beside the index, when given)."""
         rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
-        var = read_frame(self.loc, rel)
+        var = read_frame(self.loc, rel, columns)
         n = self.matrix(name)["shape"][1] if name in self.matrices else self.n_vars
         if len(var) != n:
             raise FormatError(f"{self.url}: {rel} has {len(var)} rows, the matrix {name} "
