@@ -155,8 +155,8 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 
 def positions(k: Any, size: int) -> tuple[np.ndarray, bool] | None:
     """Positions selected by one axis of an index, and whether it drops the axis."""
-    if isinstance(k, slice):
-        return np.arange(size)[k], False
+    if isinstance(k, slice):  # only the selected positions (not all 100M, then a view)
+        return np.arange(*k.indices(size), dtype=np.int64), False
     if isinstance(k, int | np.integer):
         i = int(k)
         if not -size <= i < size:
@@ -201,14 +201,13 @@ def select(b: Base, key: Any, ndim: int
             return None
         picked, scalar = pos
         if dim == "cell":
-            cur = np.arange(b.n_cells) if b.cells is None else b.cells
-            cells = cur[picked]
+            cells = picked if b.cells is None else b.cells[picked]
             if len(cells) > 1 and np.any(np.diff(cells) <= 0):
                 return None  # reordered or repeated cells: the generic path
             new["cells"], new["drop_cell"] = cells, scalar
         else:
-            cur = np.arange(b.n_genes) if b.genes is None else b.genes
-            new["genes"], new["drop_gene"] = cur[picked], scalar
+            new["genes"] = picked if b.genes is None else b.genes[picked]
+            new["drop_gene"] = scalar
         picked_axes[dim] = picked
     if not new:
         return b, None, None
