@@ -30,6 +30,7 @@ from scdask.format import (
     cell_stat_array,
     gene_stat_array,
 )
+from scdask.format.shards import ShardCodec, inner_chunk_size
 from scdask.store import stats
 from scdask.store.location import Location
 
@@ -87,15 +88,19 @@ def create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
     G, cap = plan.n_groups, plan.capacity(m)
     c = plan.codecs
     chunk = min(plan.chunk_size, cap)
+    shape: dict[str, Any] = {"chunks": (1, chunk)}
+    if plan.format_version >= 3:  # each chunk of format 2 is a shard of inner chunks
+        shape = {"chunks": (1, inner_chunk_size(chunk)), "shards": (1, chunk)}
+    inner = shape["chunks"][1]
     stored = np.dtype(m.stored_dtype)
     g.create_array(
-        DATA, shape=(G, cap), chunks=(1, chunk), dtype=stored, fill_value=0,
-        compressors=compressors(c, value_shuffle(stored), chunk * stored.itemsize),
+        DATA, shape=(G, cap), dtype=stored, fill_value=0, **shape,
+        compressors=compressors(c, value_shuffle(stored), inner * stored.itemsize),
     )
     g.create_array(
-        INDICES, shape=(G, cap), chunks=(1, chunk), dtype=INDEX_DTYPE, fill_value=0,
+        INDICES, shape=(G, cap), dtype=INDEX_DTYPE, fill_value=0, **shape,
         filters=delta_filter(INDEX_DTYPE) if c.delta_indices else None,
-        compressors=compressors(c, "bitshuffle", chunk * np.dtype(INDEX_DTYPE).itemsize),
+        compressors=compressors(c, "bitshuffle", inner * np.dtype(INDEX_DTYPE).itemsize),
     )
     for stat in STATS:
         g.create_array(
@@ -112,6 +117,38 @@ def create_matrix(root: zarr.Group, plan: Plan, m: MatrixPlan) -> None:
         "gene_partial", shape=(G, 4, max(m.n_vars, 1)), chunks=(1, 4, max(m.n_vars, 1)),
         dtype="float64", fill_value=0, compressors=compressors(c, "shuffle"),
     )
+
+
+def write_row(arr: zarr.Array, row: int, values: np.ndarray, concurrency: int) -> None:
+    """Write ``values`` as the first entries of row ``row`` of ``data`` or ``indices``.
+
+    A sharded array (format 3) gets its shards from :class:`ShardCodec` (Zarr's sharded
+    writes cost 2.2× the CPU), through the array's store, so the CRC of each shard's index
+    is recorded like any chunk's (:class:`scdask.store.integrity.RecordingStore`). Shards
+    past the last entry are not written.
+    """
+    codec = ShardCodec.from_array(arr) if arr.shards is not None else None
+    if codec is None:
+        arr[row, : len(values)] = values
+        return
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store, proto = arr.store_path.store, default_buffer_prototype()
+    prefix = f"{arr.path}/c/{row}" if arr.path else f"c/{row}"
+
+    async def put(ks: range) -> None:
+        async def one(k: int) -> None:
+            raw, _ = codec.encode(values[k * codec.shard : (k + 1) * codec.shard])
+            await store.set(f"{prefix}/{k}", proto.buffer.from_bytes(raw))
+
+        await asyncio.gather(*(one(k) for k in ks))
+
+    n = -(-len(values) // codec.shard)
+    for k0 in range(0, n, concurrency):
+        sync(put(range(k0, min(n, k0 + concurrency))))
 
 
 def file_checksums(loc: Location) -> dict[str, int]:

@@ -30,6 +30,7 @@ from scdask.conversion.arrays import (
     create_matrix,
     file_checksums,
     finalise_matrix,
+    write_row,
 )
 from scdask.conversion.metadata import write_metadata
 from scdask.conversion.plan import (
@@ -247,6 +248,7 @@ def convert_partition(
 
 def _convert_rows(root: zarr.Group, loc: Location, plan: Plan, src: Source, partition: int,
                   to_group: Any, scratch: Scratch | None) -> dict[str, int]:
+    concurrency = WRITE_CONCURRENCY[loc.is_local]
     start, stop = plan.group_rows(partition)
     nnz: dict[str, int] = {}
     for m in plan.matrices:
@@ -266,12 +268,12 @@ def _convert_rows(root: zarr.Group, loc: Location, plan: Plan, src: Source, part
         g = c.group
         mg = root[m.name]
         if g.nnz:
-            mg[DATA][partition, : g.nnz] = g.data
+            write_row(mg[DATA], partition, g.data, concurrency)
             # Blosc's output buffers, shrunk after compressing, leave the encoding thread's
             # heap fragmented: handed back between the two large writes, a worker's first
             # partition peaks 40 MB lower.
             release_memory()
-            mg[INDICES][partition, : g.nnz] = g.indices
+            write_row(mg[INDICES], partition, g.indices, concurrency)
         root[f"{WIP_DIR}/{m.name}"][COLPTR][partition, :] = g.colptr
         cells = stats.finish_stats(*c.cells, m.n_vars)
         for stat in STATS:

@@ -13,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the on-disk layout written by this scdask. Readers refuse newer ones.
 
 1: the layout of docs/FORMAT.md without checksums. 2: every chunk of every array ends
 with a CRC-32C and is written (all-zero chunks included); Parquet pages carry checksums.
+3: ``data`` and ``indices`` are sharded: each chunk of format 2 is a shard of inner
+chunks that decode on their own (:mod:`scdask.format.shards`).
 """
 
 # Root group attribute holding the metadata of a complete store.

@@ -41,6 +41,20 @@ def _delta(arr, out):  # pragma: no cover - compiled
         prev = arr[i]
 
 
+def delta_encode(arr: np.ndarray) -> np.ndarray:
+    """numcodecs' ``Delta`` encoding of a 1-D integer array (differences, wrapping)."""
+    out = np.empty_like(arr)
+    _delta(arr, out)
+    return out
+
+
+def delta_decode(enc: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`delta_encode` (a wrapping prefix sum)."""
+    out = np.empty_like(enc)
+    _undelta(enc, out)
+    return out
+
+
 class Delta(_ZarrDelta):
     """numcodecs' ``Delta`` with compiled loops for integer chunks (same bytes)."""
 

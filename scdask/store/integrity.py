@@ -51,10 +51,13 @@ def split_chunk_key(key: str) -> tuple[str, str] | None:
     return key[:i], coords
 
 
-def check_crc(url: str, key: str, raw: bytes | memoryview | np.ndarray) -> None:
-    """Raise :class:`ChunkError` unless ``raw`` ends with the CRC-32C of the rest."""
+def check_crc(url: str, key: str, raw: bytes | memoryview | np.ndarray, n_index: int = 0) -> None:
+    """Raise :class:`ChunkError` unless ``raw`` ends with the CRC-32C of the rest (of its
+    last ``n_index`` bytes, for a shard: its index)."""
     b = np.frombuffer(raw, dtype=np.uint8)
-    if len(b) < 4 or np.uint32(google_crc32c.value(b[:-4].tobytes())).tobytes() != b[-4:].tobytes():
+    body = b[len(b) - n_index : -4] if n_index else b[:-4]
+    if (len(b) < max(4, n_index) or np.uint32(google_crc32c.value(body.tobytes())).tobytes()
+            != b[-4:].tobytes()):
         array, coords = split_chunk_key(key) or (key, "?")
         raise ChunkError(f"{url}: {array}: chunk {coords} is damaged (its checksum does not "
                          "match its bytes); run `scdask verify` for every damaged chunk")
@@ -139,7 +142,7 @@ def write_tables(loc: Any, root: Any, crcs: dict[str, int], skip: str) -> None:
     for path, node in _arrays(root):
         if path == skip or path.startswith(skip + "/"):
             continue
-        table = np.zeros(node.cdata_shape, dtype="<u4")
+        table = np.zeros(chunk_grid(node), dtype="<u4")
         for idx, crc in by_array.get(path, ()):
             table[idx] = crc
         with loc.open(f"{path}/{TABLE}", "wb") as f:
@@ -169,8 +172,8 @@ class CheckedStore(WrapperStore[Any]):
 
     def __init__(self, store: Any, url: str = "", checksums: bool = False,
                  optional: Callable[[str], bool] | None = None, root: str | None = None,
-                 positions: bool = False, tables: dict[str, np.ndarray] | None = None
-                 ) -> None:
+                 positions: bool = False, tables: dict[str, np.ndarray] | None = None,
+                 index_sizes: dict[str, int] | None = None) -> None:
         super().__init__(store)
         self.url = url
         self.checksums = checksums
@@ -178,10 +181,29 @@ class CheckedStore(WrapperStore[Any]):
         self.root = os.path.realpath(root) if root is not None else None
         self.positions = positions
         self._tables: dict[str, np.ndarray] = {} if tables is None else tables
+        self._index_sizes: dict[str, int] = {} if index_sizes is None else index_sizes
 
     def _with_store(self, store: Any) -> CheckedStore:
         return CheckedStore(store, self.url, self.checksums, self.optional, self.root,
-                            self.positions, self._tables)
+                            self.positions, self._tables, self._index_sizes)
+
+    async def _index_nbytes(self, array: str) -> int:
+        """Bytes of the shard index ending each chunk file of ``array`` (0: not sharded)."""
+        n = self._index_sizes.get(array)
+        if n is None:
+            import json
+            import math
+
+            buf = await self._store.get(f"{array}/zarr.json", default_buffer_prototype())
+            codecs = json.loads(buf.to_bytes()).get("codecs", []) if buf is not None else []
+            n = 0
+            if codecs and isinstance(codecs[0], dict) and codecs[0].get("name") == "sharding_indexed":
+                meta = json.loads(buf.to_bytes())  # type: ignore[union-attr]
+                outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
+                inner = codecs[0]["configuration"]["chunk_shape"]
+                n = 16 * math.prod(o // i for o, i in zip(outer, inner, strict=True)) + 4
+            self._index_sizes[array] = n
+        return n
 
     async def _table(self, array: str) -> np.ndarray:
         table = self._tables.get(array)
@@ -216,7 +238,7 @@ class CheckedStore(WrapperStore[Any]):
                              "is damaged (run `scdask verify` for every damaged chunk)")
         if self.checksums and byte_range is None:
             raw = buf.as_numpy_array()
-            check_crc(self.url, key, raw)
+            check_crc(self.url, key, raw, await self._index_nbytes(parts[0]))
             if self.positions:
                 check_position(self.url, *parts, await self._table(parts[0]), raw)
         return buf
@@ -257,7 +279,7 @@ def _array_problems(path: str, arr: Any, loc: Any, checksums: bool,
     if loc.exists(f"{path}/c"):
         for f in loc.fs.find(prefix):
             present.add(f[len(prefix) + 1 :])
-    grid = arr.cdata_shape
+    grid = chunk_grid(arr)
     rows = extents(path)
     if rows is None:
         expected = {"/".join(map(str, i)) for i in np.ndindex(*grid)}
@@ -273,15 +295,26 @@ def _array_problems(path: str, arr: Any, loc: Any, checksums: bool,
         table = decode_table(loc.url, path, raw)
     except ChunkError as e:
         problems.append(str(e).split(";")[0])
+    from scdask.format.shards import ShardError, check_shard, index_nbytes
+
+    n_index = index_nbytes(arr)
     for k in sorted(present, key=_order):
         try:
             raw = loc.fs.cat_file(f"{prefix}/{k}")
-            check_crc(loc.url, f"{path}/c/{k}", raw)
+            check_crc(loc.url, f"{path}/c/{k}", raw, n_index)
+            if n_index:
+                check_shard(raw, n_index, f"{loc.url}: {path}: chunk {k}")
             if table is not None and k in expected:  # chunks past a row's entries are unused
                 check_position(loc.url, path, k, table, raw)
-        except ChunkError as e:
+        except (ChunkError, ShardError) as e:
             problems.append(str(e).split(";")[0])
     return problems
+
+
+def chunk_grid(arr: Any) -> tuple[int, ...]:
+    """The shape of an array's grid of chunk files (of shards, for a sharded array)."""
+    outer = arr.shards or arr.chunks
+    return tuple(-(-s // c) for s, c in zip(arr.shape, outer, strict=True))
 
 
 def _arrays(root: Any) -> list[tuple[str, Any]]:

@@ -30,6 +30,7 @@ from scdask.format import (
     check_version,
 )
 from scdask.format.blocks import GroupBlock
+from scdask.store.entries import Entries
 from scdask.store.location import Location
 from scdask.store.metadata import frame_schema, read_frame, read_uns
 
@@ -95,6 +96,7 @@ class Store:
         self.n_vars: int = int(self.attrs["n_vars"])
         self.row_group_size: int = int(self.attrs["row_group_size"])
         self.matrices: dict[str, dict[str, Any]] = self.attrs["matrices"]
+        self._checked: tuple[int, int, int] | None = None  # zarr.json as last found current
         self._check_attrs()
 
     def _check_attrs(self) -> None:
@@ -123,12 +125,23 @@ class Store:
         Every read path calls it before reading, so that arrays opened from the old
         store's metadata never read another conversion's chunks.
         """
+        sig = None
+        if self.loc.is_local:  # unchanged since last checked: the same file, not rewritten
+            try:
+                st = os.stat(self.loc.path("zarr.json"))
+                sig = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                sig = None
+            if sig is not None and sig == self._checked:
+                return
         try:
             raw = self.loc.fs.cat_file(self.loc.path("zarr.json"))
             now = json.loads(raw).get("attributes", {}).get(ROOT_ATTR, {}).get("uuid")
         except (OSError, ValueError, AttributeError):
             now = None
-        if now != self.attrs.get("uuid"):
+        if now == self.attrs.get("uuid"):
+            self._checked = sig
+        else:
             raise ReplacedStoreError(
                 f"{self.url}: the store was replaced or removed after it was opened (uuid "
                 f"{now} instead of {self.attrs.get('uuid')}); open it again"
@@ -175,6 +188,11 @@ class Store:
                               f"say {want}; the store is damaged or not a scdask store")
         return arr
 
+    @functools.cache  # noqa: B019 - a Store lives as long as its arrays
+    def entries(self, name: str, leaf: str) -> Entries:
+        """The reader of ranges of matrix ``name``'s ``data`` or ``indices``."""
+        return Entries(self, f"{name}/{leaf}")
+
     def _expected_shape(self, path: str) -> tuple[int, ...] | None:
         """The shape the root and matrix attributes give array ``path``."""
         name, _, leaf = path.rpartition("/")
@@ -203,10 +221,11 @@ class Store:
         self._check_ranges(name, group, cp[:-1], cp[1:], whole=True)
         nnz = int(cp[-1])
         dtype = self.dtype(name)
-        data = self.array(f"{name}/{DATA}")[group, :nnz] if nnz else np.zeros(0, dtype)
+        whole = (np.zeros(1, np.int64), np.full(1, nnz, np.int64), np.zeros(1, np.int64), nnz)
+        data = self.entries(name, DATA).ranges(group, *whole) if nnz else np.zeros(0, dtype)
         data = data.astype(dtype, copy=False)  # values may be stored narrower (uint16 counts)
         if with_indices and nnz:
-            indices = self.array(f"{name}/{INDICES}")[group, :nnz]
+            indices = self.entries(name, INDICES).ranges(group, *whole)
         else:
             indices = np.zeros(0 if with_indices else nnz, np.uint16)
         start, stop = self.group_rows(group)
@@ -216,7 +235,7 @@ class Store:
     def _check_ranges(self, name: str, group: int, a: np.ndarray, b: np.ndarray,
                       whole: bool = False) -> None:
         """Refuse colptr ranges ``a[j]:b[j]`` that are reversed or leave the group's row."""
-        cap = self.array(f"{name}/{DATA}").shape[1]
+        cap = self.entries(name, DATA).width
         if len(a) and (a.min() < 0 or b.max() > cap or (b < a).any() or (whole and a[0])):
             raise FormatError(
                 f"{self.url}: {name}/{COLPTR}: row group {group} holds offsets that are not "
@@ -241,7 +260,7 @@ class Store:
         rc, cc = arr.chunks
         r = group // rc
         n = arr.shape[1]
-        wanted = range(-(-n // cc)) if cols is None else np.unique(np.asarray(cols) // cc)
+        wanted = range(-(-n // cc)) if cols is None else sorted(set((np.asarray(cols) // cc).tolist()))
         key = (self.url, self.attrs.get("uuid"), name)
         parts = {int(c): _colptr_chunk(key, arr, r, int(c))[group - r * rc]
                  for c in wanted}
@@ -279,13 +298,14 @@ class Store:
             other selections read each gene's range of the chunks that hold it.
         """
         self.check_current()
-        data, idx = self.array(f"{name}/{DATA}"), self.array(f"{name}/{INDICES}")
+        data, idx = self.entries(name, DATA), self.entries(name, INDICES)
         if genes is None:
             cp = self.colptr_row(name, group)
             a, b = cp[:-1], cp[1:]
         else:
             genes = np.asarray(genes, dtype=np.int64)
-            cols = np.union1d(genes, genes + 1)
+            cols = (np.array([genes[0], genes[0] + 1]) if len(genes) == 1
+                    else np.union1d(genes, genes + 1))
             cp = self.colptr_row(name, group, cols)
             a, b = cp[np.searchsorted(cols, genes)], cp[np.searchsorted(cols, genes + 1)]
         self._check_ranges(name, group, a, b, whole=genes is None)
@@ -297,14 +317,13 @@ class Store:
         if total == 0:
             return starts, ends, np.zeros(0, data.dtype), empty_rows
         lo, hi = int(a[0]), int(b[-1])
-        if hi - lo == total:  # one contiguous byte range (a gene range, or all genes)
-            vals = data[group, lo:hi]
-            rows = idx[group, lo:hi] if with_indices else empty_rows
+        if hi - lo == total:  # one contiguous range (a gene range, or all genes)
+            a, b, first = a[:1], b[-1:], starts[:1]
         else:
             keep = lengths > 0
             a, b, first = a[keep], b[keep], starts[keep]
-            vals = _gather(data, group, a, b, first, total)
-            rows = _gather(idx, group, a, b, first, total) if with_indices else empty_rows
+        vals = data.ranges(group, a, b, first, total)
+        rows = idx.ranges(group, a, b, first, total) if with_indices else empty_rows
         if with_indices:
             start, stop = self.group_rows(group)
             self._check_cells(name, group, rows, stop - start)
@@ -418,31 +437,3 @@ def _options_key(options: dict[str, Any] | None) -> str:
 def open_store(url: str, options: str = "null", uuid: str | None = None) -> Store:
     """A :class:`Store` shared by the tasks of one process, checked to be the one opened."""
     return _cached_store(os.fspath(url), options, uuid)
-
-
-#: Chunks read per slice when gathering scattered genes (bounds the bytes held at once).
-_SPAN_CHUNKS = 4
-
-
-def _gather(arr: zarr.Array, group: int, a: np.ndarray, b: np.ndarray, starts: np.ndarray,
-            total: int) -> np.ndarray:
-    """The entries of the ranges ``a[j]:b[j]`` (sorted, non-empty) of ``arr[group]``, one
-    range after another from ``starts[j]``: the chunks holding them read as plain slices of
-    at most :data:`_SPAN_CHUNKS` chunks, skipping the chunks not needed (cheaper than zarr's
-    orthogonal selection, which checks and groups every index)."""
-    from scdask.store.kernels import copy_overlaps
-
-    chunk = arr.chunks[1]
-    n_chunks = -(-arr.shape[1] // chunk)
-    mark = np.zeros(n_chunks + 1, np.int64)  # +1 where a range's chunks start, -1 after
-    np.add.at(mark, a // chunk, 1)
-    np.add.at(mark, (b - 1) // chunk + 1, -1)
-    chunks = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
-    out = np.empty(total, arr.dtype)
-    # runs of needed chunks, cut every _SPAN_CHUNKS chunks
-    cut = np.flatnonzero((np.diff(chunks) != 1) | (np.arange(1, len(chunks)) % _SPAN_CHUNKS == 0))
-    for run in np.split(chunks, cut + 1):
-        s, e = int(run[0]) * chunk, min((int(run[-1]) + 1) * chunk, arr.shape[1])
-        j0, j1 = int(np.searchsorted(b, s, side="right")), int(np.searchsorted(a, e))
-        copy_overlaps(np.asarray(arr[group, s:e]), s, a, b, starts, j0, j1, out)
-    return out

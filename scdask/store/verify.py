@@ -211,7 +211,8 @@ def _check_files(st: Store, report: Report) -> int:
             nnz = np.asarray(st.array(f"{name}/{COLPTR}")[:, -1], dtype=np.int64)
         except FormatError:
             return np.zeros(0, np.int64)  # colptr is damaged (reported): check what is there
-        return -(-nnz // st.array(path).chunks[1])
+        arr = st.array(path)
+        return -(-nnz // (arr.shards or arr.chunks)[1])
 
     found = damaged_chunks(st.root, st.loc, st.format_version >= 2, extents)
     files = [OBS_FILE, *sorted({m["var"] for m in st.matrices.values()})]

@@ -1,0 +1,268 @@
+"""Ranges of entries of a matrix's ``data`` or ``indices``, read with the fewest bytes.
+
+A format-3 store shards these arrays (:mod:`scdask.format.shards`): :class:`Entries`
+reads a shard's index and then only the inner chunks holding the wanted entries (the
+whole shard file at once when most of it is wanted), straight from the files of a local
+store (``pread``) or through the Zarr store's ranged reads for object storage, and
+checks what it reads: each shard index's CRC-32C and its place (the position table of
+docs/FORMAT.md), each inner chunk's CRC-32C and length. Earlier formats are read
+through Zarr, as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from scdask.format.shards import MISSING, ShardCodec, ShardError, check_extent
+from scdask.store.integrity import TABLE, ChunkError, decode_table
+
+#: Zarr chunks read per slice in earlier formats (bounds the bytes held at once).
+SPAN_CHUNKS = 4
+#: A shard whose wanted inner chunks are more than this is read whole, in one read.
+WHOLE_SHARD = 4
+#: Decoded shard indices kept per process (each 16 × 16 bytes for 1M-entry shards).
+_INDEX_CACHE_SIZE = 1 << 16
+_INDEX_CACHE: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+class Entries:
+    """Reader of one array (``X/data``, ``X/indices``) of a :class:`~scdask.store.Store`.
+
+    Parameters
+    ----------
+    store
+        The open store.
+    path
+        The array's path in it.
+    """
+
+    def __init__(self, store: Any, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.codec: ShardCodec | None = None
+        self._table: np.ndarray | None = None
+        self._dirs: set[str] = set()
+        if store.format_version >= 3:  # zarr.json parsed here: opening it in Zarr costs ms
+            self.codec = ShardCodec.from_metadata(self._metadata())
+        if self.codec is None:
+            self.width = int(self.arr.shape[1])
+            self.dtype = np.dtype(self.arr.dtype)
+        else:
+            self.dtype = self.codec.dtype
+
+    def _metadata(self) -> dict[str, Any]:
+        """The array's ``zarr.json``, its shape checked against the store's attributes."""
+        import json
+
+        from scdask.format import FormatError
+
+        loc = self.store.loc
+        try:
+            meta = json.loads(loc.fs.cat_file(loc.check_inside(f"{self.path}/zarr.json")))
+        except FileNotFoundError:
+            raise FormatError(f"{self.store.url}: array {self.path} is missing") from None
+        except ValueError as e:
+            raise FormatError(f"{self.store.url}: {self.path}/zarr.json cannot be read ({e})") from None
+        want = self.store._expected_shape(self.path)
+        shape = tuple(meta.get("shape", ())) if isinstance(meta, dict) else ()
+        if want is not None and shape != want:
+            raise FormatError(f"{self.store.url}: array {self.path} has shape {shape}, its "
+                              f"attributes say {want}; the store is damaged or not a scdask store")
+        self.width = int(shape[1])
+        return meta
+
+    @property
+    def arr(self) -> Any:
+        """The Zarr array (read through Zarr for formats before 3)."""
+        return self.store.array(self.path)
+
+    @property
+    def unit(self) -> int:
+        """Entries per piece read on its own: an inner chunk, or a Zarr chunk."""
+        return self.codec.inner if self.codec is not None else self.arr.chunks[1]
+
+    def ranges(self, group: int, a: np.ndarray, b: np.ndarray, starts: np.ndarray,
+               total: int) -> np.ndarray:
+        """The entries ``a[j]:b[j]`` (sorted, non-empty ranges) of row ``group``, one range
+        after another from ``starts[j]``."""
+        from scdask.store.kernels import copy_overlaps
+
+        unit = self.unit
+        if len(a) == 1:
+            pieces = np.arange(int(a[0]) // unit, (int(b[0]) - 1) // unit + 1)
+        else:
+            mark = np.zeros(-(-self.width // unit) + 1, np.int64)
+            np.add.at(mark, a // unit, 1)
+            np.add.at(mark, (b - 1) // unit + 1, -1)
+            pieces = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
+        out = np.empty(total, self.dtype)
+        for k, buf in self._pieces(group, pieces):
+            s = k * unit
+            j0 = int(np.searchsorted(b, s, side="right"))
+            j1 = int(np.searchsorted(a, s + len(buf)))
+            copy_overlaps(buf, s, a, b, starts, j0, j1, out)
+        return out
+
+    def _pieces(self, group: int, pieces: np.ndarray) -> Any:
+        """``(k, entries)`` of each wanted piece ``k`` of row ``group`` (consecutive runs
+        of Zarr chunks may come as one piece)."""
+        if self.codec is None:
+            cut = np.flatnonzero((np.diff(pieces) != 1)
+                                 | (np.arange(1, len(pieces)) % SPAN_CHUNKS == 0))
+            unit = self.unit
+            for run in np.split(pieces, cut + 1):
+                s, e = int(run[0]) * unit, min((int(run[-1]) + 1) * unit, self.width)
+                yield int(run[0]), np.asarray(self.arr[group, s:e])
+            return
+        n_inner = self.codec.n_inner
+        by_shard: dict[int, list[int]] = {}
+        for k in pieces.tolist():
+            by_shard.setdefault(k // n_inner, []).append(k % n_inner)
+        for shard, inner in by_shard.items():
+            yield from self._shard(group, shard, inner)
+
+    def _shard(self, group: int, shard: int, inner: list[int]) -> Any:
+        codec = self.codec
+        assert codec is not None
+        key = f"{self.path}/c/{group}/{shard}"
+        what = f"{self.store.url}: {self.path}: chunk {group}/{shard}"
+        whole = len(inner) > WHOLE_SHARD
+        if whole:
+            raw = memoryview(self._read(key, None))
+            tail = raw[len(raw) - codec.index_nbytes :] if len(raw) >= codec.index_nbytes else raw
+            index = self._index(key, group, shard, tail, len(raw), what)
+        else:
+            index = self._cached_index(key, group, shard, what)
+        base = shard * codec.n_inner
+        for k in inner:
+            off, n = (int(x) for x in index[k])
+            if off == MISSING:
+                raise ChunkError(f"{what}: inner chunk {k} is not written, but the row's "
+                                 "entries reach it; the store is damaged")
+            piece = raw[off : off + n] if whole else self._read(key, (off, off + n))
+            try:
+                yield base + k, codec.decode(piece, f"{what}: inner chunk {k}")
+            except ShardError as e:
+                raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
+
+    def _cached_index(self, key: str, group: int, shard: int, what: str) -> np.ndarray:
+        ck = (self.store.url, self.store.attrs.get("uuid"), key)
+        with _LOCK:
+            hit = _INDEX_CACHE.get(ck)
+        if hit is not None:
+            return hit
+        n = self.codec.index_nbytes  # type: ignore[union-attr]
+        tail, size = self._read_tail(key, n)
+        return self._index(key, group, shard, tail, size, what)
+
+    def _index(self, key: str, group: int, shard: int, tail: Any, size: int,
+               what: str) -> np.ndarray:
+        """The checked index of a shard from its last bytes (``size``: the file's)."""
+        codec = self.codec
+        assert codec is not None
+        try:
+            index = codec.index(tail, what)
+            check_extent(index, size, what)
+        except ShardError as e:
+            raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
+        table = self._positions()
+        crc = int.from_bytes(bytes(tail[-4:]), "little")
+        if group >= table.shape[0] or shard >= table.shape[1] or int(table[group, shard]) != crc:
+            raise ChunkError(f"{what} is not the chunk written at this position (its "
+                             "checksum is another chunk's); the store is damaged")
+        ck = (self.store.url, self.store.attrs.get("uuid"), key)
+        with _LOCK:
+            _INDEX_CACHE[ck] = index
+            while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
+                _INDEX_CACHE.popitem(last=False)
+        return index
+
+    def _positions(self) -> np.ndarray:
+        if self._table is None:
+            loc = self.store.loc
+            rel = f"{self.path}/{TABLE}"
+            raw = loc.fs.cat_file(loc.check_inside(rel)) if loc.exists(rel) else None
+            self._table = decode_table(self.store.url, self.path, raw)
+        return self._table
+
+    # -- bytes ---------------------------------------------------------------------
+    def _read(self, key: str, span: tuple[int, int] | None) -> bytes:
+        """Bytes ``span`` (all of them for ``None``) of chunk file ``key``."""
+        loc = self.store.loc
+        if loc.is_local:
+            fd = self._open(key)
+            try:
+                if span is None:
+                    size = os.fstat(fd).st_size
+                    return self._pread(key, fd, size, 0)
+                return self._pread(key, fd, span[1] - span[0], span[0])
+            finally:
+                os.close(fd)
+        return self._remote(key, span, None)
+
+    def _read_tail(self, key: str, n: int) -> tuple[bytes, int]:
+        """The last ``n`` bytes of chunk file ``key`` and the file's size."""
+        loc = self.store.loc
+        if loc.is_local:
+            fd = self._open(key)
+            try:
+                size = os.fstat(fd).st_size
+                return self._pread(key, fd, min(n, size), max(0, size - n)), size
+            finally:
+                os.close(fd)
+        info = loc.fs.info(loc.path(key))
+        size = int(info["size"])
+        return self._remote(key, (max(0, size - n), size), size), size
+
+    def _remote(self, key: str, span: tuple[int, int] | None, size: int | None) -> bytes:
+        loc = self.store.loc
+        try:
+            if span is None:
+                return loc.fs.cat_file(loc.path(key))
+            return loc.fs.cat_file(loc.path(key), start=span[0], end=span[1])
+        except FileNotFoundError:
+            raise self._missing(key) from None
+
+    def _open(self, key: str) -> int:
+        """A descriptor of local chunk file ``key``, refusing links that leave the store."""
+        from scdask.store.location import PathOutsideError
+
+        loc = self.store.loc
+        folder = key.rsplit("/", 1)[0]
+        try:
+            if folder not in self._dirs:  # each folder's real path checked once
+                loc.check_inside(folder)
+                self._dirs.add(folder)
+            try:
+                return os.open(loc.path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+            loc.check_inside(key)  # the file itself is a link: read only if it stays inside
+            return os.open(loc.path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._missing(key) from None
+        except PathOutsideError as e:
+            raise ChunkError(str(e)) from None
+
+    def _pread(self, key: str, fd: int, n: int, offset: int) -> bytes:
+        out = os.pread(fd, n, offset)
+        if len(out) != n:
+            array, _, coords = key.partition("/c/")
+            raise ChunkError(f"{self.store.url}: {array}: chunk {coords} is truncated (bytes "
+                             f"{offset}:{offset + n} are past its end); the store is damaged")
+        return out
+
+    def _missing(self, key: str) -> ChunkError:
+        array, _, coords = key.partition("/c/")
+        return ChunkError(f"{self.store.url}: {array}: chunk {coords} is missing; the store "
+                          "is damaged (run `scdask verify` for every damaged chunk)")
+
+
