@@ -34,6 +34,7 @@ from xarray.core.indexing import (
 
 from scdask.compute import Base, Part, ScdaskArray
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
+from scdask.genes import concurrently, gene_maps, gene_stats
 from scdask.store.reader import Store
 
 
@@ -146,40 +147,6 @@ def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) ->
     if not out:
         raise ValueError("no stores given")
     return out
-
-
-def _gene_maps(stores: Sequence[Store], name: str, join: str) -> tuple[pd.DataFrame, list[Any]]:
-    """The dataset's var and, per store, its gene positions for the dataset's genes.
-
-    Stores are read one at a time, each store's gene names dropped once compared (500
-    plates' names held together took ~4 GB of the client's memory at open)."""
-    if join not in ("exact", "inner"):
-        raise ValueError(f"join must be 'exact' or 'inner', not {join!r}")
-    var0 = stores[0].var(name)
-    names = var0.index
-    keep = np.ones(len(var0), dtype=bool)
-    positions: list[Any] = [None]  # per store, its position of each of var0's genes (-1: none)
-    for st, idx in zip(stores[1:], _concurrently(lambda st: st.var(name, []).index, stores[1:]),
-                       strict=True):
-        if idx.equals(names):
-            positions.append(None)
-            continue
-        if not idx.is_unique or not names.is_unique:
-            raise ValueError(f"{st.url}: {name} genes differ from {stores[0].url}'s and names "
-                             "repeat, so they cannot be aligned")
-        pos = idx.get_indexer(names)
-        if join == "exact" and ((pos < 0).any() or len(idx) != len(names)):
-            extra = len(idx.difference(names))
-            raise ValueError(
-                f"{st.url}: its {len(idx)} genes ({name}) are not those of {stores[0].url} "
-                f"({(pos < 0).sum()} missing, {extra} extra); open with join='inner' to keep "
-                "the genes all stores share"
-            )
-        keep &= pos >= 0
-        positions.append(pos)
-    if keep.all():
-        return var0, positions
-    return var0[keep], [np.flatnonzero(keep) if p is None else p[keep] for p in positions]
 
 
 def _numpy_dtype(dtype: Any) -> np.dtype:
@@ -323,44 +290,6 @@ def _columns_with_nulls(meta: Any) -> set[str]:
     return out
 
 
-def _concurrently(fn: Any, items: Sequence[Any], window: int = 16) -> Iterable[Any]:
-    """``fn`` of each item, in order, up to ``window`` at a time in threads: a store's
-    metadata is a few small reads, so many stores are opened concurrently, but no more
-    results are held at once than the window."""
-    if len(items) <= 1:
-        yield from map(fn, items)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(window, len(items))) as pool:
-        pending = [pool.submit(fn, x) for x in items[:window]]
-        for i in range(len(items)):
-            yield pending[i].result()
-            pending[i] = None
-            if i + window < len(items):
-                pending.append(pool.submit(fn, items[i + window]))
-
-
-def _gene_stats(stores: Sequence[Store], name: str, maps: list[Any], n: int) -> dict[str, Any]:
-    acc: dict[str, np.ndarray] = {}
-
-    def read(st: Store) -> list[np.ndarray]:
-        return [np.asarray(st.array(f"{name}/gene_{stat}")[:]) for stat in STATS]
-
-    for m, values in zip(maps, _concurrently(read, stores), strict=True):
-        for stat, v in zip(STATS, values, strict=True):
-            v = v if m is None else v[m]
-            if stat not in acc:
-                acc[stat] = v
-            elif stat == "min":
-                acc[stat] = np.minimum(acc[stat], v)
-            elif stat == "max":
-                acc[stat] = np.maximum(acc[stat], v)
-            else:
-                acc[stat] = acc[stat] + v
-    return {f"gene_{s}": v for s, v in acc.items()} if n else {}
-
-
 def _matrix(stores: Sequence[Store], name: str, maps: list[Any], n_genes: int) -> ScdaskArray:
     dtypes = {st.dtype(name) for st in stores}
     dtype = np.result_type(*dtypes)
@@ -409,20 +338,20 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     >>> ds.X.sel(gene="C1orf112").mean().compute()  # doctest: +SKIP
     """
     urls = _expand(paths)
-    stores = list(_concurrently(lambda u: Store(u, storage_options), urls))
+    stores = list(concurrently(lambda u: Store(u, storage_options), urls))
     names = set(stores[0].matrices)
     for st in stores[1:]:
         if set(st.matrices) != names:
             raise ValueError(f"{st.url}: has matrices {sorted(st.matrices)}, "
                              f"{stores[0].url} has {sorted(names)}")
-    var, maps = _gene_maps(stores, "X", join)  # var.parquet, with X or without
+    var, maps = gene_maps(stores, "X", join)  # var.parquet, with X or without
     index = GeneIndex(pd.Index(var.index, name="gene"), "gene")
     variables, indexes = dict(index.create_variables()), {"gene": index}
     data_vars: dict[str, Any] = {}
     extra: dict[str, Any] = dict(_var_coords(var, "gene"))
     if "X" in names:
         data_vars["X"] = (("cell", "gene"), _matrix(stores, "X", maps, len(var)))
-        extra.update({k: ("gene", v) for k, v in _gene_stats(stores, "X", maps, len(var)).items()})
+        extra.update({k: ("gene", v) for k, v in gene_stats(stores, "X", maps, len(var)).items()})
         for stat in STATS:
             extra[f"cell_{stat}"] = ("cell", _lazy_cells(
                 stores, read_stat_chunk, (f"X/cell_{stat}",),
@@ -430,7 +359,7 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     for name in sorted(names - {"X", "raw/X"}):
         data_vars[name.split("/", 1)[1]] = (("cell", "gene"), _matrix(stores, name, maps, len(var)))
     if "raw/X" in names:
-        rvar, rmaps = _gene_maps(stores, "raw/X", join)
+        rvar, rmaps = gene_maps(stores, "raw/X", join)
         rindex = GeneIndex(pd.Index(rvar.index, name="raw_gene"), "raw_gene")
         variables.update(rindex.create_variables())
         indexes["raw_gene"] = rindex

@@ -185,41 +185,49 @@ def test_distributed_cluster(ds, ref):
 
 
 def test_pushdown_reads_only_the_genes_chunks(tiny_store, monkeypatch):
-    """A one-gene statistic reads exactly the data chunks holding that gene; no cell indices."""
-    from zarr.storage import LocalStore
-
+    """A one-gene statistic reads exactly the inner chunks holding that gene, each as a byte
+    range of its shard (never a whole shard); no cell indices."""
+    from scdask.store.entries import ChunkFiles, Entries
     from scdask.store.reader import Store
 
-    seen: list[str] = []
-    orig = LocalStore.get
+    reads: list[tuple[str, object]] = []
+    pieces: set[tuple[str, int, int]] = set()
+    orig_read, orig_pieces = ChunkFiles._read, Entries._pieces
 
-    async def get(self, key, *args, **kwargs):
-        seen.append(key)
-        return await orig(self, key, *args, **kwargs)
+    def read(self, key, span):
+        reads.append((key, span))
+        return orig_read(self, key, span)
+
+    def recorded(self, group, wanted):
+        for k, buf in orig_pieces(self, group, wanted):
+            pieces.add((self.path, group, k))
+            yield k, buf
 
     st = Store(tiny_store)
     j = 4
-    cp = st.array("X/colptr")[:]
-    C = st.array("X/data").chunks[1]
-    wanted = {f"X/data/c/{g}/{c}" for g in range(st.n_groups)
-              for c in range(cp[g, j] // C, (max(cp[g, j + 1], cp[g, j] + 1) - 1) // C + 1)
+    cp = np.stack([st.colptr_row("X", g) for g in range(st.n_groups)])
+    e = st.entries("X", "data")
+    inner = e.codec.inner
+    wanted = {("X/data", g, k) for g in range(st.n_groups)
+              for k in range(cp[g, j] // inner, (cp[g, j + 1] - 1) // inner + 1)
               if cp[g, j + 1] > cp[g, j]}
     d = scdask.open(tiny_store)
-    monkeypatch.setattr(LocalStore, "get", get)
+    monkeypatch.setattr(ChunkFiles, "_read", read)
+    monkeypatch.setattr(Entries, "_pieces", recorded)
     with dask.config.set(scheduler="sync"):
         d.X.sel(gene="C1orf112").mean().compute()
-    data_read = {k for k in seen if k.startswith("X/data/c/")}
-    assert data_read == wanted
-    assert not [k for k in seen if k.startswith("X/indices/c/")]
-    all_chunks = {f"X/data/c/{g}/{c}" for g in range(st.n_groups)
-                  for c in range(-(-int(cp[g, -1]) // C))}
-    assert len(data_read) <= 2 * st.n_groups < len(all_chunks) / 3
+    assert pieces == wanted
+    assert all(span is not None for key, span in reads if key.startswith("X/data/c/"))
+    assert not [k for k, _ in reads if k.startswith("X/indices/c/")]
+    n_inner = sum(-(-int(cp[g, -1]) // inner) for g in range(st.n_groups))
+    assert len(pieces) <= 2 * st.n_groups < n_inner / 3
     # and a per-cell statistic of a contiguous gene range reads only that range's chunks
-    seen.clear()
+    pieces.clear()
     with dask.config.set(scheduler="sync"):
         d.X.isel(gene=slice(0, 10)).sum("gene").compute()
-    assert {k for k in seen if k.startswith("X/indices/c/")} == {
-        f"X/indices/c/{g}/0" for g in range(st.n_groups)}
+    got = {(g, k) for path, g, k in pieces if path == "X/indices"}
+    assert got == {(g, k) for g in range(st.n_groups)
+                   for k in range(0, (cp[g, 10] - 1) // inner + 1)}
 
 
 def _plate(path, X, var_names, obs=None):

@@ -61,27 +61,113 @@ def strip_crc(raw: bytes | memoryview, what: str) -> memoryview:
     return mv[:-4]
 
 
+_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
 @dataclasses.dataclass(frozen=True)
-class ShardCodec:
-    """How the inner chunks of one sharded array are encoded.
+class ChunkCodec:
+    """How one chunk (a plain chunk, or an inner chunk of a shard) is encoded: numcodecs'
+    ``Delta`` (optionally), Blosc, then a CRC-32C — the chains scdask writes.
 
     Attributes
     ----------
-    shard, inner
-        Entries per shard and per inner chunk (``shard`` a multiple of ``inner``).
+    size
+        Entries per chunk (the product of the chunk shape).
     dtype
         The array's dtype (little-endian).
     delta
-        numcodecs' ``Delta`` filter first (cell indices).
+        numcodecs' ``Delta`` filter first (cell indices, colptr offsets).
     blosc
         numcodecs' Blosc configuration (``cname``, ``clevel``, ``shuffle``, ``blocksize``).
     """
 
-    shard: int
-    inner: int
+    size: int
     dtype: np.dtype
     delta: bool
     blosc: dict[str, Any]
+
+    @classmethod
+    def from_chain(cls, chain: list[dict[str, Any]], dtype: np.dtype, size: int
+                   ) -> ChunkCodec | None:
+        """The codec for a Zarr codec chain (``zarr.json``'s), or ``None`` for another chain."""
+        chain = list(chain)
+        delta = chain[0]["name"] == "numcodecs.delta"
+        if delta:
+            d = chain.pop(0).get("configuration", {})
+            if np.dtype(d.get("dtype", dtype)) != dtype or d.get("astype") not in (None, d.get("dtype")):
+                return None
+        if [c["name"] for c in chain] != ["bytes", "blosc", "crc32c"] or (
+                dtype.itemsize > 1 and chain[0]["configuration"]["endian"] != "little"):
+            return None
+        b = chain[1]["configuration"]
+        blosc = {"cname": b["cname"], "clevel": int(b["clevel"]),
+                 "shuffle": _SHUFFLES[b["shuffle"]], "blocksize": int(b.get("blocksize", 0))}
+        return cls(int(size), dtype, delta, blosc)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> ChunkCodec | None:
+        """The codec of a plain (not sharded) array from its ``zarr.json``, or ``None``."""
+        try:
+            if meta["chunk_key_encoding"]["configuration"].get("separator", "/") != "/":
+                return None
+            shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            return cls.from_chain(meta["codecs"], np.dtype(meta["data_type"]), math.prod(shape))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return None
+
+    def encode(self, values: np.ndarray) -> bytes:
+        """A chunk's bytes from its ``size`` entries."""
+        from scdask.format.codecs import delta_encode
+
+        if self.delta:
+            values = delta_encode(values)
+        return with_crc(numcodecs.Blosc(**self.blosc).encode(values))
+
+    def decode(self, raw: bytes | memoryview, what: str) -> np.ndarray:
+        """A chunk's entries (flat) from its bytes, checked (CRC-32C, then sizes)."""
+        from scdask.format.codecs import delta_decode
+
+        body = strip_crc(raw, what)
+        want = self.size * self.dtype.itemsize
+        try:  # the header's sizes first: never allocate what a damaged header claims
+            if len(body) < 16:  # Blosc's header: flags, then nbytes, blocksize, cbytes (LE)
+                raise ValueError("it is shorter than Blosc's header")
+            nbytes, cbytes = (int.from_bytes(body[i : i + 4], "little") for i in (4, 12))
+            if nbytes != want or cbytes != len(body):
+                raise ValueError(f"its header gives {nbytes} bytes from {cbytes}, not "
+                                 f"{want} from {len(body)}")
+            out = np.frombuffer(numcodecs.blosc.decompress(body), dtype=self.dtype)
+        except Exception as e:  # Blosc's errors do not say which chunk
+            raise ShardError(f"{what} cannot be decompressed ({e})") from None
+        return delta_decode(out) if self.delta else out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardCodec:
+    """How one sharded array (``data``, ``indices``) is encoded.
+
+    Attributes
+    ----------
+    shard
+        Entries per shard, a multiple of the inner chunk's.
+    chunk
+        The codec of each inner chunk.
+    """
+
+    shard: int
+    chunk: ChunkCodec
+
+    @property
+    def inner(self) -> int:
+        return self.chunk.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.chunk.dtype
+
+    @property
+    def delta(self) -> bool:
+        return self.chunk.delta
 
     @property
     def n_inner(self) -> int:
@@ -114,39 +200,21 @@ class ShardCodec:
         cfg = codecs[0]["configuration"]
         shard = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
         inner = list(cfg["chunk_shape"])
-        dtype = np.dtype(meta["data_type"])
         names = [c["name"] for c in cfg["index_codecs"]]
         if (len(shard) != 2 or shard[0] != 1 or inner[0] != 1 or shard[1] % inner[1]
                 or cfg.get("index_location", "end") != "end" or names != ["bytes", "crc32c"]
-                or cfg["index_codecs"][0].get("configuration", {}).get("endian") != "little"):
+                or cfg["index_codecs"][0].get("configuration", {}).get("endian") != "little"
+                or meta["chunk_key_encoding"]["configuration"].get("separator", "/") != "/"):
             return None
-        chain = list(cfg["codecs"])
-        delta = chain[0]["name"] == "numcodecs.delta"
-        if delta:
-            d = chain.pop(0).get("configuration", {})
-            if np.dtype(d.get("dtype", dtype)) != dtype or d.get("astype") not in (None, d.get("dtype")):
-                return None
-        if [c["name"] for c in chain] != ["bytes", "blosc", "crc32c"] or (
-                dtype.itemsize > 1 and chain[0]["configuration"]["endian"] != "little"):
-            return None
-        b = chain[1]["configuration"]
-        blosc = {"cname": b["cname"], "clevel": int(b["clevel"]),
-                 "shuffle": {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[b["shuffle"]],
-                 "blocksize": int(b.get("blocksize", 0))}
-        return cls(int(shard[1]), int(inner[1]), dtype, delta, blosc)
-
-    def _blosc(self) -> numcodecs.Blosc:
-        return numcodecs.Blosc(**self.blosc)
+        chunk = ChunkCodec.from_chain(cfg["codecs"], np.dtype(meta["data_type"]), inner[1])
+        return None if chunk is None else cls(int(shard[1]), chunk)
 
     def encode(self, values: np.ndarray) -> tuple[bytes, int]:
         """One shard's bytes from its first ``len(values)`` entries (the rest not written),
         and the CRC-32C of its index (what the position table records)."""
-        from scdask.format.codecs import delta_encode
-
         values = np.ascontiguousarray(values, dtype=self.dtype)
         if len(values) > self.shard:
             raise ValueError(f"{len(values)} entries do not fit a shard of {self.shard}")
-        blosc = self._blosc()
         parts: list[bytes] = []
         index = np.full((self.n_inner, 2), MISSING, dtype="<u8")
         offset = 0
@@ -154,9 +222,7 @@ class ShardCodec:
             piece = values[k * self.inner : (k + 1) * self.inner]
             if len(piece) < self.inner:  # the last inner chunk holds fill values (0) after
                 piece = np.concatenate([piece, np.zeros(self.inner - len(piece), self.dtype)])
-            if self.delta:
-                piece = delta_encode(piece)
-            raw = with_crc(blosc.encode(piece))
+            raw = self.chunk.encode(piece)
             index[k] = offset, len(raw)
             offset += len(raw)
             parts.append(raw)
@@ -174,24 +240,8 @@ class ShardCodec:
         return np.frombuffer(body, dtype="<u8").reshape(-1, 2).copy()
 
     def decode(self, raw: bytes | memoryview, what: str) -> np.ndarray:
-        """One inner chunk's entries from its bytes, checked (CRC-32C, then length)."""
-        from scdask.format.codecs import delta_decode
-
-        body = strip_crc(raw, what)
-        want = self.inner * self.dtype.itemsize
-        try:  # the header's sizes first: never allocate what a damaged header claims
-            if len(body) < 16:  # Blosc's header: flags, then nbytes, blocksize, cbytes (LE)
-                raise ValueError("it is shorter than Blosc's header")
-            nbytes, cbytes = (int.from_bytes(body[i : i + 4], "little") for i in (4, 12))
-            if nbytes != want or cbytes != len(body):
-                raise ValueError(f"its header gives {nbytes} bytes from {cbytes}, not "
-                                 f"{want} from {len(body)}")
-            out = np.frombuffer(numcodecs.blosc.decompress(body), dtype=self.dtype)
-        except Exception as e:  # Blosc's errors do not say which chunk
-            raise ShardError(f"{what} cannot be decompressed ({e})") from None
-        if len(out) != self.inner:
-            raise ShardError(f"{what} holds {len(out)} entries, not {self.inner}")
-        return delta_decode(out) if self.delta else out
+        """One inner chunk's entries from its bytes, checked."""
+        return self.chunk.decode(raw, what)
 
 
 def check_extent(index: np.ndarray, size: int, what: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from scdask.format.shards import MISSING, ShardCodec, ShardError, check_extent
+from scdask.format.shards import MISSING, ChunkCodec, ShardCodec, ShardError, check_extent
 from scdask.store.integrity import TABLE, ChunkError, decode_table
 
 #: Zarr chunks read per slice in earlier formats (bounds the bytes held at once).
@@ -32,8 +32,10 @@ _INDEX_CACHE: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-class Entries:
-    """Reader of one array (``X/data``, ``X/indices``) of a :class:`~scdask.store.Store`.
+class ChunkFiles:
+    """The chunk files of one array of a :class:`~scdask.store.Store`, read and checked
+    without Zarr: its ``zarr.json`` (shape checked against the store's attributes), its
+    position table, and byte ranges of its chunk files.
 
     Parameters
     ----------
@@ -46,16 +48,10 @@ class Entries:
     def __init__(self, store: Any, path: str) -> None:
         self.store = store
         self.path = path
-        self.codec: ShardCodec | None = None
         self._table: np.ndarray | None = None
         self._dirs: set[str] = set()
-        if store.format_version >= 3:  # zarr.json parsed here: opening it in Zarr costs ms
-            self.codec = ShardCodec.from_metadata(self._metadata())
-        if self.codec is None:
-            self.width = int(self.arr.shape[1])
-            self.dtype = np.dtype(self.arr.dtype)
-        else:
-            self.dtype = self.codec.dtype
+        self.meta = self._metadata()
+        self.shape: tuple[int, ...] = tuple(int(n) for n in self.meta["shape"])
 
     def _metadata(self) -> dict[str, Any]:
         """The array's ``zarr.json``, its shape checked against the store's attributes."""
@@ -71,12 +67,145 @@ class Entries:
         except ValueError as e:
             raise FormatError(f"{self.store.url}: {self.path}/zarr.json cannot be read ({e})") from None
         want = self.store._expected_shape(self.path)
-        shape = tuple(meta.get("shape", ())) if isinstance(meta, dict) else ()
-        if want is not None and shape != want:
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if (not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape)
+                or (want is not None and tuple(shape) != want)
+                or meta.get("node_type") != "array"):
             raise FormatError(f"{self.store.url}: array {self.path} has shape {shape}, its "
                               f"attributes say {want}; the store is damaged or not a scdask store")
-        self.width = int(shape[1])
         return meta
+
+    def check_position(self, coords: tuple[int, ...], crc: int, what: str) -> None:
+        """Refuse chunk ``coords`` unless ``crc`` is the one recorded for its position."""
+        table = self._positions()
+        if (len(coords) != table.ndim or any(c >= n for c, n in zip(coords, table.shape, strict=True))
+                or int(table[coords]) != crc):
+            raise ChunkError(f"{what} is not the chunk written at this position (its "
+                             "checksum is another chunk's); the store is damaged")
+
+
+    def _positions(self) -> np.ndarray:
+        if self._table is None:
+            loc = self.store.loc
+            rel = f"{self.path}/{TABLE}"
+            raw = loc.fs.cat_file(loc.check_inside(rel)) if loc.exists(rel) else None
+            self._table = decode_table(self.store.url, self.path, raw)
+        return self._table
+
+    def _read(self, key: str, span: tuple[int, int] | None) -> bytes:
+        """Bytes ``span`` (all of them for ``None``) of chunk file ``key``."""
+        loc = self.store.loc
+        if loc.is_local:
+            fd = self._open(key)
+            try:
+                if span is None:
+                    size = os.fstat(fd).st_size
+                    return self._pread(key, fd, size, 0)
+                return self._pread(key, fd, span[1] - span[0], span[0])
+            finally:
+                os.close(fd)
+        return self._remote(key, span, None)
+
+    def _read_tail(self, key: str, n: int) -> tuple[bytes, int]:
+        """The last ``n`` bytes of chunk file ``key`` and the file's size."""
+        loc = self.store.loc
+        if loc.is_local:
+            fd = self._open(key)
+            try:
+                size = os.fstat(fd).st_size
+                return self._pread(key, fd, min(n, size), max(0, size - n)), size
+            finally:
+                os.close(fd)
+        info = loc.fs.info(loc.path(key))
+        size = int(info["size"])
+        return self._remote(key, (max(0, size - n), size), size), size
+
+    def _remote(self, key: str, span: tuple[int, int] | None, size: int | None) -> bytes:
+        loc = self.store.loc
+        try:
+            if span is None:
+                return loc.fs.cat_file(loc.path(key))
+            return loc.fs.cat_file(loc.path(key), start=span[0], end=span[1])
+        except FileNotFoundError:
+            raise self._missing(key) from None
+
+    def _open(self, key: str) -> int:
+        """A descriptor of local chunk file ``key``, refusing links that leave the store."""
+        from scdask.store.location import PathOutsideError
+
+        loc = self.store.loc
+        folder = key.rsplit("/", 1)[0]
+        try:
+            if folder not in self._dirs:  # each folder's real path checked once
+                loc.check_inside(folder)
+                self._dirs.add(folder)
+            try:
+                return os.open(loc.path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+            loc.check_inside(key)  # the file itself is a link: read only if it stays inside
+            return os.open(loc.path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._missing(key) from None
+        except PathOutsideError as e:
+            raise ChunkError(str(e)) from None
+
+    def _pread(self, key: str, fd: int, n: int, offset: int) -> bytes:
+        out = os.pread(fd, n, offset)
+        if len(out) != n:
+            array, _, coords = key.partition("/c/")
+            raise ChunkError(f"{self.store.url}: {array}: chunk {coords} is truncated (bytes "
+                             f"{offset}:{offset + n} are past its end); the store is damaged")
+        return out
+
+    def _missing(self, key: str) -> ChunkError:
+        array, _, coords = key.partition("/c/")
+        return ChunkError(f"{self.store.url}: {array}: chunk {coords} is missing; the store "
+                          "is damaged (run `scdask verify` for every damaged chunk)")
+
+
+class Chunks(ChunkFiles):
+    """Whole plain (not sharded) chunks of an array written by scdask (``colptr``), each
+    checked: its CRC-32C and its place. ``codec`` is ``None`` for a chain scdask does not
+    decode itself (format 1: no checksums), read through Zarr."""
+
+    def __init__(self, store: Any, path: str) -> None:
+        super().__init__(store, path)
+        self.chunk_shape = tuple(self.meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.codec = (ChunkCodec.from_metadata(self.meta) if store.format_version >= 2
+                      else None)
+
+    def chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        """Chunk ``coords``, shaped as a chunk (edge chunks hold fill values past the edge)."""
+        if self.codec is None:
+            arr = self.store.array(self.path)
+            sel = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, self.chunk_shape, strict=True))
+            out = np.zeros(self.chunk_shape, arr.dtype)
+            got = np.asarray(arr[sel])
+            out[tuple(slice(0, n) for n in got.shape)] = got
+            return out
+        key = f"{self.path}/c/{'/'.join(map(str, coords))}"
+        what = f"{self.store.url}: {self.path}: chunk {'/'.join(map(str, coords))}"
+        raw = self._read(key, None)
+        try:
+            flat = self.codec.decode(raw, what)
+        except ShardError as e:
+            raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
+        self.check_position(coords, int.from_bytes(raw[-4:], "little"), what)
+        return flat.reshape(self.chunk_shape)
+
+
+class Entries(ChunkFiles):
+    """Reader of ranges of one array (``X/data``, ``X/indices``) of a store."""
+
+    def __init__(self, store: Any, path: str) -> None:
+        super().__init__(store, path)
+        self.codec: ShardCodec | None = None
+        if store.format_version >= 3:
+            self.codec = ShardCodec.from_metadata(self.meta)
+        self.width = self.shape[1]
+        self.dtype = np.dtype(self.arr.dtype) if self.codec is None else self.codec.dtype
 
     @property
     def arr(self) -> Any:
@@ -172,97 +301,10 @@ class Entries:
             check_extent(index, size, what)
         except ShardError as e:
             raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
-        table = self._positions()
-        crc = int.from_bytes(bytes(tail[-4:]), "little")
-        if group >= table.shape[0] or shard >= table.shape[1] or int(table[group, shard]) != crc:
-            raise ChunkError(f"{what} is not the chunk written at this position (its "
-                             "checksum is another chunk's); the store is damaged")
+        self.check_position((group, shard), int.from_bytes(bytes(tail[-4:]), "little"), what)
         ck = (self.store.url, self.store.attrs.get("uuid"), key)
         with _LOCK:
             _INDEX_CACHE[ck] = index
             while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
                 _INDEX_CACHE.popitem(last=False)
         return index
-
-    def _positions(self) -> np.ndarray:
-        if self._table is None:
-            loc = self.store.loc
-            rel = f"{self.path}/{TABLE}"
-            raw = loc.fs.cat_file(loc.check_inside(rel)) if loc.exists(rel) else None
-            self._table = decode_table(self.store.url, self.path, raw)
-        return self._table
-
-    # -- bytes ---------------------------------------------------------------------
-    def _read(self, key: str, span: tuple[int, int] | None) -> bytes:
-        """Bytes ``span`` (all of them for ``None``) of chunk file ``key``."""
-        loc = self.store.loc
-        if loc.is_local:
-            fd = self._open(key)
-            try:
-                if span is None:
-                    size = os.fstat(fd).st_size
-                    return self._pread(key, fd, size, 0)
-                return self._pread(key, fd, span[1] - span[0], span[0])
-            finally:
-                os.close(fd)
-        return self._remote(key, span, None)
-
-    def _read_tail(self, key: str, n: int) -> tuple[bytes, int]:
-        """The last ``n`` bytes of chunk file ``key`` and the file's size."""
-        loc = self.store.loc
-        if loc.is_local:
-            fd = self._open(key)
-            try:
-                size = os.fstat(fd).st_size
-                return self._pread(key, fd, min(n, size), max(0, size - n)), size
-            finally:
-                os.close(fd)
-        info = loc.fs.info(loc.path(key))
-        size = int(info["size"])
-        return self._remote(key, (max(0, size - n), size), size), size
-
-    def _remote(self, key: str, span: tuple[int, int] | None, size: int | None) -> bytes:
-        loc = self.store.loc
-        try:
-            if span is None:
-                return loc.fs.cat_file(loc.path(key))
-            return loc.fs.cat_file(loc.path(key), start=span[0], end=span[1])
-        except FileNotFoundError:
-            raise self._missing(key) from None
-
-    def _open(self, key: str) -> int:
-        """A descriptor of local chunk file ``key``, refusing links that leave the store."""
-        from scdask.store.location import PathOutsideError
-
-        loc = self.store.loc
-        folder = key.rsplit("/", 1)[0]
-        try:
-            if folder not in self._dirs:  # each folder's real path checked once
-                loc.check_inside(folder)
-                self._dirs.add(folder)
-            try:
-                return os.open(loc.path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-            loc.check_inside(key)  # the file itself is a link: read only if it stays inside
-            return os.open(loc.path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise self._missing(key) from None
-        except PathOutsideError as e:
-            raise ChunkError(str(e)) from None
-
-    def _pread(self, key: str, fd: int, n: int, offset: int) -> bytes:
-        out = os.pread(fd, n, offset)
-        if len(out) != n:
-            array, _, coords = key.partition("/c/")
-            raise ChunkError(f"{self.store.url}: {array}: chunk {coords} is truncated (bytes "
-                             f"{offset}:{offset + n} are past its end); the store is damaged")
-        return out
-
-    def _missing(self, key: str) -> ChunkError:
-        array, _, coords = key.partition("/c/")
-        return ChunkError(f"{self.store.url}: {array}: chunk {coords} is missing; the store "
-                          "is damaged (run `scdask verify` for every damaged chunk)")
-
-
