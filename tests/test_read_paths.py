@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 import scdask
-from scdask.store import reader
+from scdask.store import entries
 from scdask.store.reader import Store
 
 
@@ -105,7 +105,7 @@ def test_scattered_genes_read_by_chunk_spans(tmp_path, seed, monkeypatch):
     st = Store(tmp_path / "a.zarr")
     assert st.array("X/data").shape[1] > 20 * 1024  # many chunks per row group
     rng = np.random.default_rng(seed)
-    monkeypatch.setattr(reader, "_SPAN_CHUNKS", [1, 2, 4, 100][seed])
+    monkeypatch.setattr(entries, "WHOLE_SHARD", [0, 1, 4, 100][seed])  # ranges, or whole shards
     for g in range(st.n_groups):
         lo, hi = st.group_rows(g)
         for k in (1, 7, 60, 250):

@@ -147,7 +147,7 @@ def _row_of(sel: GroupSel, missing: int = -1) -> np.ndarray:
     return pos
 
 
-def _take(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def take_runs(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Indices of every entry of the runs ``starts[j]:ends[j]``, run after run."""
     lengths = ends - starts
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
@@ -165,26 +165,35 @@ def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
     ``native``), so evaluating an expression never holds more than a batch of temporaries.
     ``cells`` and ``genes`` are the operands' values for the block's cells and genes.
     """
+    with_rows = with_rows or spec.expr.uses_cells
+    runs = read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
+    # each per-cell operand by local row of the group: one gather per entry, not two
+    by_row = [c[_row_of(sel, 0)] for c in cells] if spec.expr.uses_cells else []
+    yield from evaluated(spec, runs, inverse, by_row, genes, with_rows, native)
+
+
+def evaluated(spec: Spec, runs: tuple[np.ndarray, ...], inverse: np.ndarray,
+              by_row: list[np.ndarray], genes: list[np.ndarray], with_rows: bool,
+              native: bool = False) -> Any:
+    """:func:`batches` of stored runs ``(starts, ends, values, rows)`` of the block's unique
+    genes already read (``by_row``: each per-cell operand by local row)."""
     expr = spec.expr
-    uses_cells, uses_genes = expr.uses_cells, expr.uses_genes
-    with_rows = with_rows or uses_cells
-    starts, ends, vals, rows = read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
-    if not (len(inverse) == len(unique) and np.array_equal(inverse, np.arange(len(inverse)))):
+    uses_genes = expr.uses_genes
+    starts, ends, vals, rows = runs
+    if not (len(inverse) == len(starts) and np.array_equal(inverse, np.arange(len(inverse)))):
         starts, ends = starts[inverse], ends[inverse]  # the block's order, repeats included
     if expr.is_identity:
         yield 0, len(starts), starts, ends, vals, rows
         return
-    dtype = expr.dtype(spec.base.dtype, [c.dtype for c in cells], [g.dtype for g in genes])
+    dtype = expr.dtype(spec.base.dtype, [b.dtype for b in by_row], [g.dtype for g in genes])
     lengths = ends - starts
     ends_cum = np.cumsum(lengths)
-    # each per-cell operand by local row of the group: one gather per entry, not two
-    by_row = [c[_row_of(sel, 0)] for c in cells] if uses_cells else []
     contiguous = bool(np.all(starts[1:] == ends[:-1]))  # the runs follow each other
     j0, n = 0, len(starts)
     while j0 < n:
         done = int(ends_cum[j0 - 1]) if j0 else 0
         j1 = max(j0 + 1, int(np.searchsorted(ends_cum, done + EVAL_ENTRIES, side="right")))
-        idx: Any = slice(starts[j0], ends[j1 - 1]) if contiguous else _take(
+        idx: Any = slice(starts[j0], ends[j1 - 1]) if contiguous else take_runs(
             starts[j0:j1], ends[j0:j1])
         v = vals[idx].astype(spec.base.dtype, copy=False)
         r = rows[idx] if with_rows else rows
@@ -226,7 +235,7 @@ def runs_to_coo(sel: GroupSel, starts: np.ndarray, ends: np.ndarray, vals: np.nd
                 rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of entries (:func:`entries`) as ``(cell, gene, value)``: cell among the selected
     cells of the group (unselected ones dropped), gene the run's position."""
-    take = _take(starts, ends)
+    take = take_runs(starts, ends)
     col = np.repeat(np.arange(len(starts)), ends - starts)
     row = _row_of(sel)[rows[take].astype(np.int64)]
     keep = row >= 0

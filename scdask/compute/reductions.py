@@ -22,10 +22,15 @@ from scdask.compute.blocks import (
     batches,
     block_fill,
     dense_block,
+    evaluated,
+    fill_plan,
     gene_chunks,
+    take_runs,
     warn_dense,
 )
+from scdask.compute.expr import Expr
 from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
+from scdask.compute.reading import read_gene_runs
 from scdask.format import cell_stat_array
 
 
@@ -35,6 +40,8 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
     groups = [s for s in sels.reshape(-1) if s is not None]
     if len(groups) <= 1:
         return _group_partials(groups[0] if groups else None, gpos, ops, spec)[None]
+    if not spec.n_cells and all(s.local is None for s in groups):
+        return _whole_groups_partials(groups, gpos, ops, spec)[None]
     part = None
     at = 0
     n_cells = spec.n_cells
@@ -44,6 +51,67 @@ def gene_block(sels: np.ndarray, gpos: np.ndarray, *ops: Any, spec: Spec) -> np.
         p = _group_partials(sel, gpos, own, spec)
         part = p if part is None else kernels.merge_partials(part, p)
     return part[None]
+
+
+#: Stored entries of several row groups reduced in one kernel call (bounds what is held).
+COMBINE_ENTRIES = 1 << 21
+
+
+def _whole_groups_partials(groups: list[Any], gpos: np.ndarray, ops: tuple[Any, ...],
+                           spec: Spec) -> np.ndarray:
+    """Per gene, partial statistics over every cell of several row groups, without per-cell
+    operands: the implicit entries hold the same values in every group, so the groups'
+    runs of each gene are joined and reduced together, up to :data:`COMBINE_ENTRIES`
+    entries per kernel call (one gene over many row groups: one call, not one per group)."""
+    unique, inverse = spec.genes(gpos)
+    _, genes = spec.split(ops)
+    fill = fill_plan(spec.expr, spec.base.dtype, [], genes, 0, len(inverse))
+    part = None
+    pending: list[tuple[np.ndarray, ...]] = []
+    n_entries = n_cells = 0
+
+    def flush() -> np.ndarray:
+        starts, ends, vals = _joined(pending)
+        out = np.empty((6, len(inverse)))
+        empty = np.zeros(0, np.int64)
+        for j0, j1, s, e, v, r in evaluated(spec, (starts, ends, vals, empty), inverse, [],
+                                            genes, False, native=True):
+            table = fill.table[:, j0:j1] if fill.per_gene else fill.table
+            o = np.empty((6, j1 - j0))
+            kernels.gene_partials(s, e, v, r, empty, np.array([n_cells], np.int64),
+                                  np.ascontiguousarray(table), o)
+            out[:, j0:j1] = o
+        return out
+
+    for sel in groups:
+        runs = read_gene_runs(sel.part, sel.group, unique, Expr(), False)
+        if pending and n_entries + len(runs[2]) > COMBINE_ENTRIES:
+            p = flush()
+            part = p if part is None else kernels.merge_partials(part, p)
+            pending, n_entries, n_cells = [], 0, 0
+        pending.append(runs[:3])
+        n_entries += len(runs[2])
+        n_cells += sel.count
+    p = flush()
+    return p if part is None else kernels.merge_partials(part, p)
+
+
+def _joined(runs: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs ``(starts, ends, values)`` of the same genes in several row groups as one
+    run per gene (each gene's entries group after group)."""
+    if len(runs) == 1:
+        return runs[0]
+    vals = np.concatenate([r[2] for r in runs])
+    offsets = np.cumsum([0] + [len(r[2]) for r in runs[:-1]])
+    s = np.stack([r[0] for r in runs]) + offsets[:, None]
+    lengths = np.stack([r[1] - r[0] for r in runs])
+    if s.shape[1] == 1:  # one gene: the groups' runs, one after another
+        idx = take_runs(s[:, 0], s[:, 0] + lengths[:, 0])
+    else:
+        idx = take_runs(s.T.reshape(-1), (s + lengths).T.reshape(-1))
+    per_gene = lengths.sum(0)
+    ends = np.cumsum(per_gene)
+    return ends - per_gene, ends, vals[idx]
 
 
 def _group_partials(sel: Any, gpos: np.ndarray, ops: tuple[Any, ...], spec: Spec) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from typing import Any
 
 import google_crc32c
@@ -132,7 +133,7 @@ class ChunkCodec:
         try:  # the header's sizes first: never allocate what a damaged header claims
             if len(body) < 16:  # Blosc's header: flags, then nbytes, blocksize, cbytes (LE)
                 raise ValueError("it is shorter than Blosc's header")
-            nbytes, cbytes = (int.from_bytes(body[i : i + 4], "little") for i in (4, 12))
+            nbytes, _, cbytes = struct.unpack_from("<III", body, 4)
             if nbytes != want or cbytes != len(body):
                 raise ValueError(f"its header gives {nbytes} bytes from {cbytes}, not "
                                  f"{want} from {len(body)}")

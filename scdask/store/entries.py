@@ -11,10 +11,12 @@ through Zarr, as before.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ SPAN_CHUNKS = 4
 WHOLE_SHARD = 4
 #: Decoded shard indices kept per process (each 16 × 16 bytes for 1M-entry shards).
 _INDEX_CACHE_SIZE = 1 << 16
-_INDEX_CACHE: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+_INDEX_CACHE: OrderedDict[tuple[Any, ...], list[tuple[int, int]]] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -104,23 +106,18 @@ class ChunkFiles:
                 return self._pread(key, fd, span[1] - span[0], span[0])
             finally:
                 os.close(fd)
-        return self._remote(key, span, None)
+        return self._remote(key, span)
 
-    def _read_tail(self, key: str, n: int) -> tuple[bytes, int]:
-        """The last ``n`` bytes of chunk file ``key`` and the file's size."""
-        loc = self.store.loc
-        if loc.is_local:
-            fd = self._open(key)
-            try:
-                size = os.fstat(fd).st_size
-                return self._pread(key, fd, min(n, size), max(0, size - n)), size
-            finally:
-                os.close(fd)
-        info = loc.fs.info(loc.path(key))
-        size = int(info["size"])
-        return self._remote(key, (max(0, size - n), size), size), size
+    @contextlib.contextmanager
+    def _file(self, key: str) -> Iterator[_File]:
+        """Chunk file ``key``, open for reads of byte ranges."""
+        f = _File(self, key)
+        try:
+            yield f
+        finally:
+            f.close()
 
-    def _remote(self, key: str, span: tuple[int, int] | None, size: int | None) -> bytes:
+    def _remote(self, key: str, span: tuple[int, int] | None) -> bytes:
         loc = self.store.loc
         try:
             if span is None:
@@ -221,17 +218,21 @@ class Entries(ChunkFiles):
                total: int) -> np.ndarray:
         """The entries ``a[j]:b[j]`` (sorted, non-empty ranges) of row ``group``, one range
         after another from ``starts[j]``."""
+        unit = self.unit
+        out = np.empty(total, self.dtype)
+        if len(a) == 1:  # one range (a gene, a run of genes, a whole row): plain slices
+            lo, hi = int(a[0]), int(b[0])
+            for k, buf in self._pieces(group, range(lo // unit, (hi - 1) // unit + 1)):
+                s = k * unit
+                x, y = max(lo, s), min(hi, s + len(buf))
+                out[x - lo : y - lo] = buf[x - s : y - s]
+            return out
         from scdask.store.kernels import copy_overlaps
 
-        unit = self.unit
-        if len(a) == 1:
-            pieces = np.arange(int(a[0]) // unit, (int(b[0]) - 1) // unit + 1)
-        else:
-            mark = np.zeros(-(-self.width // unit) + 1, np.int64)
-            np.add.at(mark, a // unit, 1)
-            np.add.at(mark, (b - 1) // unit + 1, -1)
-            pieces = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
-        out = np.empty(total, self.dtype)
+        mark = np.zeros(-(-self.width // unit) + 1, np.int64)
+        np.add.at(mark, a // unit, 1)
+        np.add.at(mark, (b - 1) // unit + 1, -1)
+        pieces = np.flatnonzero(np.cumsum(mark[:-1]) > 0).tolist()
         for k, buf in self._pieces(group, pieces):
             s = k * unit
             j0 = int(np.searchsorted(b, s, side="right"))
@@ -239,10 +240,11 @@ class Entries(ChunkFiles):
             copy_overlaps(buf, s, a, b, starts, j0, j1, out)
         return out
 
-    def _pieces(self, group: int, pieces: np.ndarray) -> Any:
-        """``(k, entries)`` of each wanted piece ``k`` of row ``group`` (consecutive runs
-        of Zarr chunks may come as one piece)."""
+    def _pieces(self, group: int, pieces: Any) -> Any:
+        """``(k, entries)`` of each wanted piece ``k`` (sorted) of row ``group``
+        (consecutive runs of Zarr chunks may come as one piece)."""
         if self.codec is None:
+            pieces = np.asarray(pieces)
             cut = np.flatnonzero((np.diff(pieces) != 1)
                                  | (np.arange(1, len(pieces)) % SPAN_CHUNKS == 0))
             unit = self.unit
@@ -252,59 +254,93 @@ class Entries(ChunkFiles):
             return
         n_inner = self.codec.n_inner
         by_shard: dict[int, list[int]] = {}
-        for k in pieces.tolist():
+        for k in pieces:
             by_shard.setdefault(k // n_inner, []).append(k % n_inner)
         for shard, inner in by_shard.items():
             yield from self._shard(group, shard, inner)
 
     def _shard(self, group: int, shard: int, inner: list[int]) -> Any:
+        """``(k, entries)`` of inner chunks ``inner`` of a shard: the whole file in one read
+        when many are wanted, else its index (cached) and each wanted inner chunk's bytes,
+        through one open file."""
         codec = self.codec
         assert codec is not None
         key = f"{self.path}/c/{group}/{shard}"
         what = f"{self.store.url}: {self.path}: chunk {group}/{shard}"
-        whole = len(inner) > WHOLE_SHARD
-        if whole:
+        ck = (self.store.url, self.store.attrs.get("uuid"), key)
+        if len(inner) > WHOLE_SHARD:
             raw = memoryview(self._read(key, None))
-            tail = raw[len(raw) - codec.index_nbytes :] if len(raw) >= codec.index_nbytes else raw
-            index = self._index(key, group, shard, tail, len(raw), what)
+            n = min(len(raw), codec.index_nbytes)
+            index = self._index(ck, group, shard, raw[len(raw) - n :], len(raw), what)
+            spans = [self._span(index, k, what) for k in inner]
+            got = [raw[off : off + m] for off, m in spans]
         else:
-            index = self._cached_index(key, group, shard, what)
+            with self._file(key) as f:
+                with _LOCK:
+                    index = _INDEX_CACHE.get(ck)
+                if index is None:
+                    size = f.size()
+                    n = min(size, codec.index_nbytes)
+                    index = self._index(ck, group, shard, f.read(size - n, n), size, what)
+                spans = [self._span(index, k, what) for k in inner]
+                got = [f.read(off, m) for off, m in spans]
         base = shard * codec.n_inner
-        for k in inner:
-            off, n = (int(x) for x in index[k])
-            if off == MISSING:
-                raise ChunkError(f"{what}: inner chunk {k} is not written, but the row's "
-                                 "entries reach it; the store is damaged")
-            piece = raw[off : off + n] if whole else self._read(key, (off, off + n))
+        for k, piece in zip(inner, got, strict=True):
             try:
                 yield base + k, codec.decode(piece, f"{what}: inner chunk {k}")
             except ShardError as e:
                 raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
 
-    def _cached_index(self, key: str, group: int, shard: int, what: str) -> np.ndarray:
-        ck = (self.store.url, self.store.attrs.get("uuid"), key)
-        with _LOCK:
-            hit = _INDEX_CACHE.get(ck)
-        if hit is not None:
-            return hit
-        n = self.codec.index_nbytes  # type: ignore[union-attr]
-        tail, size = self._read_tail(key, n)
-        return self._index(key, group, shard, tail, size, what)
+    @staticmethod
+    def _span(index: list[tuple[int, int]], k: int, what: str) -> tuple[int, int]:
+        off, n = index[k]
+        if off == MISSING:
+            raise ChunkError(f"{what}: inner chunk {k} is not written, but the row's "
+                             "entries reach it; the store is damaged")
+        return off, n
 
-    def _index(self, key: str, group: int, shard: int, tail: Any, size: int,
-               what: str) -> np.ndarray:
-        """The checked index of a shard from its last bytes (``size``: the file's)."""
+    def _index(self, ck: tuple[Any, ...], group: int, shard: int, tail: Any, size: int,
+               what: str) -> list[tuple[int, int]]:
+        """The checked index of a shard from its last bytes (``size``: the file's), kept
+        per process under ``ck`` as ``(offset, length)`` per inner chunk."""
         codec = self.codec
         assert codec is not None
         try:
-            index = codec.index(tail, what)
-            check_extent(index, size, what)
+            array = codec.index(tail, what)
+            check_extent(array, size, what)
         except ShardError as e:
             raise ChunkError(f"{e}; run `scdask verify` for every damaged chunk") from None
         self.check_position((group, shard), int.from_bytes(bytes(tail[-4:]), "little"), what)
-        ck = (self.store.url, self.store.attrs.get("uuid"), key)
+        index = [tuple(x) for x in array.tolist()]
         with _LOCK:
             _INDEX_CACHE[ck] = index
             while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
                 _INDEX_CACHE.popitem(last=False)
         return index
+
+
+class _File:
+    """One chunk file: a descriptor of a local file, or a path on object storage."""
+
+    def __init__(self, files: ChunkFiles, key: str) -> None:
+        self.files, self.key = files, key
+        self.fd = files._open(key) if files.store.loc.is_local else None
+
+    def size(self) -> int:
+        if self.fd is not None:
+            return os.fstat(self.fd).st_size
+        loc = self.files.store.loc
+        try:
+            return int(loc.fs.info(loc.path(self.key))["size"])
+        except FileNotFoundError:
+            raise self.files._missing(self.key) from None
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self.fd is not None:
+            return self.files._pread(self.key, self.fd, n, offset)
+        return self.files._remote(self.key, (offset, offset + n))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

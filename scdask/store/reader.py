@@ -286,6 +286,14 @@ class Store:
             out[m] = row[cols[m] - c * cc]
         return out
 
+    def _colptr_at(self, name: str, group: int, col: int) -> int:
+        """``colptr[group, col]``, through the chunk cache of :meth:`colptr_row`."""
+        chunks = self.chunks(f"{name}/{COLPTR}")
+        rc, cc = chunks.chunk_shape
+        r, c = group // rc, col // cc
+        key = (self.url, self.attrs.get("uuid"), name)
+        return int(_colptr_chunk(key, chunks, r, c)[group - r * rc, col - c * cc])
+
     def read_genes(
         self, name: str, group: int, genes: np.ndarray | None = None, with_indices: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -312,7 +320,11 @@ class Store:
         """
         self.check_current()
         data, idx = self.entries(name, DATA), self.entries(name, INDICES)
-        if genes is None:
+        if genes is not None and len(genes) == 1:  # one gene: no array arithmetic
+            j = int(genes[0])
+            a = np.array([self._colptr_at(name, group, j)])
+            b = np.array([self._colptr_at(name, group, j + 1)])
+        elif genes is None:
             cp = self.colptr_row(name, group)
             a, b = cp[:-1], cp[1:]
         else:

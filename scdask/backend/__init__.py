@@ -34,7 +34,7 @@ from xarray.core.indexing import (
 
 from scdask.compute import Base, Part, ScdaskArray
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
-from scdask.genes import concurrently, gene_maps, gene_stats
+from scdask.backend.genes import concurrently, gene_maps, gene_stats
 from scdask.store.reader import Store
 
 
