@@ -32,9 +32,9 @@ from xarray.core.indexing import (
     explicit_indexing_adapter,
 )
 
+from scdask.backend.genes import concurrently, gene_maps, gene_stats
 from scdask.compute import Base, Part, ScdaskArray
 from scdask.format import INDEX_COLUMN, OBS_FILE, STATS, FormatError
-from scdask.backend.genes import concurrently, gene_maps, gene_stats
 from scdask.store.reader import Store
 
 

@@ -91,32 +91,55 @@ def gene_maps(stores: Sequence[Store], name: str, join: str) -> tuple[pd.DataFra
 
 
 class _Merged:
-    """Every per-gene statistic of matrix ``name``, merged over the stores once, on first use."""
+    """The per-gene statistics of matrix ``name`` merged over the stores, read when first
+    asked: only the chunks holding the genes asked for (xarray loads a selection's scalar
+    coordinates on ``compute()``: one gene over 500 stores reads one chunk of each), kept
+    per gene once merged; every gene at once when all are asked."""
 
-    def __init__(self, stores: Sequence[Store], name: str, maps: list[Any]) -> None:
-        self.stores, self.name, self.maps = list(stores), name, maps
+    def __init__(self, stores: Sequence[Store], name: str, maps: list[Any], n: int) -> None:
+        self.stores, self.name, self.maps, self.n = list(stores), name, maps, n
         self._lock = threading.Lock()
-        self._values: dict[str, np.ndarray] | None = None
+        self._all: dict[str, np.ndarray] | None = None
+        self._some: dict[int, tuple[float, ...]] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:  # the lock and any values stay behind
-        return (_Merged, (self.stores, self.name, self.maps))
+        return (_Merged, (self.stores, self.name, self.maps, self.n))
 
-    def get(self, stat: str) -> np.ndarray:
+    def get(self, stat: str, key: Any) -> np.ndarray:
+        at = STATS.index(stat)
         with self._lock:
-            if self._values is None:
-                self._values = self._merge()
-        return self._values[stat]
+            if self._all is not None:
+                return self._all[stat][key]
+            pos = np.arange(self.n)[key]
+            flat = np.atleast_1d(pos).reshape(-1)
+            if len(flat) > 1024:
+                self._all = self._merge(None)
+                return self._all[stat][key]
+            missing = [int(p) for p in flat if int(p) not in self._some]
+            if missing:
+                got = self._merge(np.array(missing, np.int64))
+                for i, p in enumerate(missing):
+                    self._some[p] = tuple(got[s][i] for s in STATS)
+            out = np.array([self._some[int(p)][at] for p in flat],
+                           dtype=np.int64 if stat == "nnz" else np.float64)
+            return out.reshape(np.shape(pos))
 
-    def _merge(self) -> dict[str, np.ndarray]:
+    def _merge(self, genes: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every statistic over the stores for dataset genes ``genes`` (``None``: all)."""
         acc: dict[str, np.ndarray] = {}
 
-        def read(st: Store) -> list[np.ndarray]:
+        def read(item: tuple[Store, Any]) -> list[np.ndarray]:
+            st, m = item
             st.check_current()
-            return [np.asarray(st.array(f"{self.name}/gene_{stat}")[:]) for stat in STATS]
+            local = genes if m is None else (m if genes is None else m[genes])
+            return [st.gene_stat(self.name, stat, local) for stat in STATS]
 
-        for m, values in zip(self.maps, concurrently(read, self.stores), strict=True):
+        # decoding is most of it: two at a time on local disks (16 held the GIL in turn and
+        # took 1.8 s for one gene over 500 stores, 2 took 1.1 s), more for object storage
+        window = 2 if all(st.loc.is_local for st in self.stores) else 16
+        items = list(zip(self.stores, self.maps, strict=True))
+        for values in concurrently(read, items, window):
             for stat, v in zip(STATS, values, strict=True):
-                v = v if m is None else v[m]
                 if stat not in acc:
                     acc[stat] = v
                 elif stat == "min":
@@ -138,12 +161,12 @@ class GeneStat(BackendArray):
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return explicit_indexing_adapter(key, self.shape, IndexingSupport.BASIC,
-                                         lambda k: self.merged.get(self.stat)[k])
+                                         lambda k: self.merged.get(self.stat, k[0]))
 
 
 def gene_stats(stores: Sequence[Store], name: str, maps: list[Any], n: int) -> dict[str, Any]:
     """``gene_<stat>`` of matrix ``name`` over every store: lazy arrays, merged on first use."""
     if not n:
         return {}
-    merged = _Merged(stores, name, maps)
+    merged = _Merged(stores, name, maps, n)
     return {f"gene_{stat}": LazilyIndexedArray(GeneStat(merged, stat, n)) for stat in STATS}

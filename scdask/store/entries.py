@@ -170,6 +170,7 @@ class Chunks(ChunkFiles):
     def __init__(self, store: Any, path: str) -> None:
         super().__init__(store, path)
         self.chunk_shape = tuple(self.meta["chunk_grid"]["configuration"]["chunk_shape"])
+        self.dtype = np.dtype(self.meta["data_type"])
         self.codec = (ChunkCodec.from_metadata(self.meta) if store.format_version >= 2
                       else None)
 

@@ -58,15 +58,33 @@ class Location:
         return f"{self.root}/{relpath}"
 
     def check_inside(self, relpath: str) -> str:
-        """:meth:`path`, with symbolic links resolved on a local disk: none may leave the root."""
+        """:meth:`path`, with symbolic links resolved on a local disk: none may leave the root.
+
+        Folders found not to be links are remembered (a store's reads check the same
+        folders again and again); the last component is checked at every call.
+        """
         p = self.path(relpath)
-        if self.is_local:
+        if self.is_local and not self._no_links(relpath):
             root = os.path.realpath(self.root)
             real = os.path.realpath(p)
             if real != root and not real.startswith(root + os.sep):
                 raise PathOutsideError(
                     f"{self.url}: {relpath} is a link to {real}, outside the store")
         return p
+
+    def _no_links(self, relpath: str) -> bool:
+        """Whether no component of ``relpath`` below the root is a symbolic link."""
+        known = self.__dict__.setdefault("_plain_folders", set())
+        parts = [q for q in relpath.split("/") if q]
+        for i in range(len(parts)):
+            sub = "/".join(parts[: i + 1])
+            if i < len(parts) - 1 and sub in known:
+                continue
+            if os.path.islink(f"{self.root}/{sub}"):
+                return False
+            if i < len(parts) - 1:
+                known.add(sub)
+        return True
 
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         """A Zarr store rooted here."""

@@ -362,6 +362,22 @@ class Store:
     def dtype(self, name: str = "X") -> np.dtype:
         return np.dtype(self.matrix(name)["dtype"])
 
+    def gene_stat(self, name: str, stat: str, genes: np.ndarray | None = None) -> np.ndarray:
+        """Statistic ``gene_<stat>`` of matrix ``name`` stored at conversion, for gene
+        positions ``genes`` (all by default), reading only the chunks holding them."""
+        chunks = self.chunks(f"{name}/gene_{stat}")
+        c = chunks.chunk_shape[0]
+        n = chunks.shape[0]
+        if genes is None:
+            parts = [chunks.chunk((k,)) for k in range(-(-n // c))]
+            return np.concatenate(parts)[:n] if parts else np.zeros(0, chunks.dtype)
+        genes = np.asarray(genes, dtype=np.int64)
+        out = np.empty(len(genes), chunks.dtype)
+        for k in np.unique(genes // c).tolist():
+            m = genes // c == k
+            out[m] = chunks.chunk((k,))[genes[m] - k * c]
+        return out
+
     def stat(self, name: str, axis: str, stat: str) -> np.ndarray:
         """A statistic stored at conversion: ``axis`` is ``cell`` or ``gene``."""
         self.check_current()
