@@ -111,3 +111,36 @@ class Selections(common.PlateBenchmark):
     def time_drug_subset_gene_mean(self, plates, n):
         sub = self.ds.where(self.ds.drug == "DMSO_TF", drop=True)
         sub.X.sel(gene=GENE).mean().compute()
+
+
+class FreshProcess(common.PlateBenchmark):
+    """A script's first answer: open and the one-gene count, max and mean in a fresh
+    Python process (asv's ``timeraw_``), beside a single-process h5py scan of the
+    uncompressed H5AD in a fresh process: imports of each tool's top-level package are
+    setup, not timed (scdask's own lazy imports inside ``open`` are timed)."""
+
+    repeat = (3, 7, 120.0)
+    timeout = 600
+
+    def timeraw_scdask_open_one_gene(self, plates, n):
+        store = plates[n]["store"]
+        code = (f"g = scdask.open({store!r}).X.sel(gene={GENE!r})\n"
+                "dask.compute(g.count(), g.max(), g.mean())")
+        return code, "import dask, scdask"
+
+    def timeraw_scdask_import_open_one_gene(self, plates, n):
+        store = plates[n]["store"]
+        return ("import dask, scdask\n"
+                f"g = scdask.open({store!r}).X.sel(gene={GENE!r})\n"
+                "dask.compute(g.count(), g.max(), g.mean())")
+
+    def timeraw_baseline_h5py_scan_one_gene(self, plates, n):
+        path = plates[n]["raw"]
+        code = (f"f = h5py.File({path!r}, 'r')\n"
+                "names = f['var']['_index'][:].astype(str)\n"
+                f"j = int(np.flatnonzero(names == {GENE!r})[0])\n"
+                "x = f['X']; ind = x['indices'][:]; hit = ind == j\n"
+                "vals = x['data'][:][hit].astype(np.float64)\n"
+                "n = f['obs']['_index'].shape[0]\n"
+                "(np.count_nonzero(vals), vals.max(initial=0), vals.sum() / n)")
+        return code, "import h5py, numpy as np"

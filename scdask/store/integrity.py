@@ -90,7 +90,7 @@ def decode_table(url: str, array: str, raw: bytes | None) -> np.ndarray:
         shape = tuple(int(x) for x in m.group(2).replace(b" ", b"").split(b",") if x)
         start = 10 + int.from_bytes(body[8:10], "little")
         if m.group(1) == b"<u4" and len(body) - start == 4 * int(np.prod(shape, dtype=np.int64)):
-            return np.frombuffer(body, dtype="<u4", offset=start).reshape(shape)
+            return np.frombuffer(body, dtype="<u4", offset=start).reshape(shape).copy()
     return np.load(io.BytesIO(body), allow_pickle=False)
 
 
