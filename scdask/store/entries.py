@@ -215,20 +215,27 @@ class Entries(ChunkFiles):
         """Entries per piece read on its own: an inner chunk, or a Zarr chunk."""
         return self.codec.inner if self.codec is not None else self.arr.chunks[1]
 
+    def range(self, group: int, lo: int, hi: int) -> np.ndarray:
+        """The entries ``lo:hi`` (``lo < hi``) of row ``group``: one gene, a run of genes,
+        a whole row; copied out of each piece with plain slices."""
+        unit = self.unit
+        out = np.empty(hi - lo, self.dtype)
+        for k, buf in self._pieces(group, range(lo // unit, (hi - 1) // unit + 1)):
+            s = k * unit
+            x, y = max(lo, s), min(hi, s + len(buf))
+            out[x - lo : y - lo] = buf[x - s : y - s]
+        return out
+
     def ranges(self, group: int, a: np.ndarray, b: np.ndarray, starts: np.ndarray,
                total: int) -> np.ndarray:
         """The entries ``a[j]:b[j]`` (sorted, non-empty ranges) of row ``group``, one range
         after another from ``starts[j]``."""
+        if len(a) == 1:
+            return self.range(group, int(a[0]), int(b[0]))
+        from scdask.store.kernels import copy_overlaps
+
         unit = self.unit
         out = np.empty(total, self.dtype)
-        if len(a) == 1:  # one range (a gene, a run of genes, a whole row): plain slices
-            lo, hi = int(a[0]), int(b[0])
-            for k, buf in self._pieces(group, range(lo // unit, (hi - 1) // unit + 1)):
-                s = k * unit
-                x, y = max(lo, s), min(hi, s + len(buf))
-                out[x - lo : y - lo] = buf[x - s : y - s]
-            return out
-        from scdask.store.kernels import copy_overlaps
 
         mark = np.zeros(-(-self.width // unit) + 1, np.int64)
         np.add.at(mark, a // unit, 1)
