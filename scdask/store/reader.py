@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import threading
 import warnings
 from typing import Any
 
@@ -274,9 +273,7 @@ class Store:
         r = group // rc
         n = chunks.shape[1]
         wanted = range(-(-n // cc)) if cols is None else sorted(set((np.asarray(cols) // cc).tolist()))
-        key = (self.url, self.attrs.get("uuid"), name)
-        parts = {int(c): _colptr_chunk(key, chunks, r, int(c))[group - r * rc]
-                 for c in wanted}
+        parts = {int(c): chunks.cached((r, int(c)))[group - r * rc] for c in wanted}
         if cols is None:
             return np.concatenate([parts[c] for c in sorted(parts)])[:n]
         cols = np.asarray(cols, dtype=np.int64)
@@ -291,8 +288,7 @@ class Store:
         chunks = self.chunks(f"{name}/{COLPTR}")
         rc, cc = chunks.chunk_shape
         r, c = group // rc, col // cc
-        key = (self.url, self.attrs.get("uuid"), name)
-        return int(_colptr_chunk(key, chunks, r, c)[group - r * rc, col - c * cc])
+        return int(chunks.cached((r, c))[group - r * rc, col - c * cc])
 
     def _read_gene(self, name: str, group: int, j: int, with_indices: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -459,26 +455,6 @@ def _warn_unchecked(url: str) -> None:
 
 class UncheckedStoreWarning(UserWarning):
     """A store was written before chunks carried checksums (format 1)."""
-
-
-_COLPTR_CACHE: dict[tuple[Any, ...], np.ndarray] = {}
-_COLPTR_CACHE_CHUNKS = 192  # at most 96 MB of decoded (64 × 1024) int64 chunks per process
-_COLPTR_LOCK = threading.Lock()
-
-
-def _colptr_chunk(key: tuple[Any, ...], chunks: Chunks, r: int, c: int) -> np.ndarray:
-    k = (*key, r, c)
-    with _COLPTR_LOCK:
-        hit = _COLPTR_CACHE.pop(k, None)
-        if hit is not None:
-            _COLPTR_CACHE[k] = hit  # most recently used last
-            return hit
-    block = np.asarray(chunks.chunk((r, c)), dtype=np.int64)
-    with _COLPTR_LOCK:
-        _COLPTR_CACHE[k] = block
-        while len(_COLPTR_CACHE) > _COLPTR_CACHE_CHUNKS:
-            _COLPTR_CACHE.pop(next(iter(_COLPTR_CACHE)))
-    return block
 
 
 @functools.lru_cache(maxsize=64)
