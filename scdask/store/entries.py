@@ -88,7 +88,6 @@ class ChunkFiles:
             raise ChunkError(f"{what} is not the chunk written at this position (its "
                              "checksum is another chunk's); the store is damaged")
 
-
     def _positions(self) -> np.ndarray:
         if self._table is None:
             loc = self.store.loc
@@ -99,17 +98,10 @@ class ChunkFiles:
 
     def _read(self, key: str, span: tuple[int, int] | None) -> bytes:
         """Bytes ``span`` (all of them for ``None``) of chunk file ``key``."""
-        loc = self.store.loc
-        if loc.is_local:
-            fd = self._open(key)
-            try:
-                if span is None:
-                    size = os.fstat(fd).st_size
-                    return self._pread(key, fd, size, 0)
-                return self._pread(key, fd, span[1] - span[0], span[0])
-            finally:
-                os.close(fd)
-        return self._remote(key, span)
+        if not self.store.loc.is_local:
+            return self._remote(key, span)
+        with self._file(key) as f:
+            return f.read(0, f.size()) if span is None else f.read(span[0], span[1] - span[0])
 
     @contextlib.contextmanager
     def _file(self, key: str) -> Iterator[_File]:
