@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from scdask._version import __version__
-from scdask.conversion import convert
 
-# Imported when first used, so conversion workers do not load xarray, pandas and sparse.
+# Imported when first used: ``import scdask`` loads nothing else, conversion workers do not
+# load xarray, and a script that opens a store does not load the converter (or Zarr).
 _LAZY = {
     "cluster": "scdask.clusters",
+    "convert": "scdask.conversion",
     "export_parquet": "scdask.interop.parquet",
     "open": "scdask.backend",
     "pp": "scdask.pp",
@@ -18,7 +19,7 @@ _LAZY = {
     "to_anndata": "scdask.interop.anndata",
 }
 
-__all__ = ["__version__", "convert", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -195,6 +195,33 @@ def test_merged_partials_equal_the_partial_of_the_whole(values, cuts, op, skipna
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=tol, err_msg=f"{op} {values}")
 
 
+@settings(max_examples=150, deadline=None)
+@given(runs=st.lists(st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan"))),
+                              max_size=12), min_size=1, max_size=8),
+       extra=st.integers(0, 5), fill=st.one_of(st.floats(-10, 10), st.just(float("nan"))),
+       per_gene=st.booleans(), dtype=st.sampled_from(["float64", "float32", "uint16"]))
+def test_small_calls_in_numpy_equal_the_compiled_kernel(runs, extra, fill, per_gene, dtype):
+    """A few genes over one class of cells run in numpy: same partials as the kernel."""
+    from scdask.compute import kernels
+
+    if dtype == "uint16":
+        runs = [[abs(x) % 60000 for x in r if x == x] for r in runs]
+    vals = np.array([x for r in runs for x in r], dtype=dtype)
+    lengths = np.array([len(r) for r in runs], np.int64)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    n_cells = int(lengths.max()) + extra
+    table = (np.linspace(fill, fill + 1, len(runs))[None] if per_gene else np.array([[fill]]))
+    got, want = np.empty((6, len(runs))), np.empty((6, len(runs)))
+    empty = np.zeros(0, np.int64)
+    kernels._gene_partials_numpy(starts, ends, vals, n_cells, table, got)
+    kernels._gene_partials(starts, ends, vals, empty, empty, np.array([n_cells], np.int64),
+                           table, want)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-3)
+    np.testing.assert_array_equal(got[[kernels.N, kernels.MIN, kernels.MAX, kernels.NAN]],
+                                  want[[kernels.N, kernels.MIN, kernels.MAX, kernels.NAN]])
+
+
 # -- expressions with per-cell and per-gene operands --------------------------------------------
 
 UNARY = {

@@ -32,8 +32,64 @@ def empty_partial(n: int) -> np.ndarray:
     return out
 
 
+#: Calls over at most this many genes, with every cell of one class, run in numpy: in a
+#: fresh process the first compiled kernel costs ~0.3 s of numba start-up (its registries
+#: load), more than a few genes' query takes; more genes amortise it.
+NUMPY_GENES = 8
+
+
+def gene_partials(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray, rows: np.ndarray,
+                  lab: np.ndarray, n_class: np.ndarray, table: np.ndarray,
+                  out: np.ndarray) -> None:
+    """Per requested gene, over the selected cells of the group, into ``out`` ``(6, genes)``.
+
+    ``lab[r]`` is the class of local cell ``r`` (-1: not selected); empty when every
+    cell of the group is selected, all of class 0 (then ``rows`` is not read and may
+    be empty). ``n_class[c]`` counts the selected cells of class ``c``, whose
+    implicit entries hold ``table[c, j]`` (``table[c, 0]`` when it has one column).
+    A few genes over one class run in numpy (:data:`NUMPY_GENES`), the rest compiled.
+    """
+    if lab.shape[0] == 0 and starts.shape[0] <= NUMPY_GENES:
+        _gene_partials_numpy(starts, ends, vals, int(n_class[0]), table, out)
+    else:
+        _gene_partials(starts, ends, vals, rows, lab, n_class, table, out)
+
+
+def _gene_partials_numpy(starts: np.ndarray, ends: np.ndarray, vals: np.ndarray,
+                         n_cells: int, table: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_gene_partials` over one class of cells, in numpy (same statistics)."""
+    per_gene = table.shape[1] > 1
+    for j in range(starts.shape[0]):
+        v = vals[starts[j] : ends[j]]
+        imp = n_cells - len(v)
+        nan = False
+        if v.dtype.kind in "fc":
+            bad = np.isnan(v)
+            nan = bool(bad.any())
+            if nan:
+                v = v[~bad]
+        v = np.asarray(v, dtype=np.float64)
+        fill = float(table[0, j] if per_gene else table[0, 0])
+        shift = v[0] if len(v) else fill
+        d = v - shift
+        n, s, d1, d2 = len(v), float(v.sum()), float(d.sum()), float(d @ d)
+        mn, mx = (float(v.min()), float(v.max())) if len(v) else (np.inf, -np.inf)
+        if imp > 0 and fill != fill:
+            nan = True
+        elif imp > 0:
+            df = fill - shift
+            n, s, d1, d2 = n + imp, s + imp * fill, d1 + imp * df, d2 + imp * df * df
+            mn, mx = min(mn, fill), max(mx, fill)
+        out[N, j] = n
+        out[SUM, j] = s
+        out[M2, j] = max(d2 - d1 * d1 / n, 0.0) if n > 0 else 0.0
+        out[MIN, j] = mn
+        out[MAX, j] = mx
+        out[NAN, j] = 1.0 if nan else 0.0
+
+
 @jit(nogil=True)
-def gene_partials(starts, ends, vals, rows, lab, n_class, table, out):  # pragma: no cover
+def _gene_partials(starts, ends, vals, rows, lab, n_class, table, out):  # pragma: no cover
     """Per requested gene, over the selected cells of the group.
 
     ``lab[r]`` is the class of local cell ``r`` (-1: not selected); empty when every

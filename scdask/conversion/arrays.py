@@ -124,7 +124,7 @@ def write_row(arr: zarr.Array, row: int, values: np.ndarray, concurrency: int) -
 
     A sharded array (format 3) gets its shards from :class:`ShardCodec` (Zarr's sharded
     writes cost 2.2× the CPU), through the array's store, so the CRC of each shard's index
-    is recorded like any chunk's (:class:`scdask.store.integrity.RecordingStore`). Shards
+    is recorded like any chunk's (:class:`scdask.store.zarrstores.RecordingStore`). Shards
     past the last entry are not written.
     """
     codec = ShardCodec.from_array(arr) if arr.shards is not None else None

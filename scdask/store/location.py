@@ -7,13 +7,15 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
-import zarr
-import zarr.storage
 
 from scdask.format import FormatError
+
+if TYPE_CHECKING:  # Zarr is imported where a store is read or written through it
+    import zarr
+    import zarr.abc.store
 
 
 @dataclasses.dataclass
@@ -88,6 +90,8 @@ class Location:
 
     def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
         """A Zarr store rooted here."""
+        import zarr.storage
+
         if self.is_local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(
@@ -98,13 +102,15 @@ class Location:
         """The root group, as written: for writers, and for reading a store's attributes.
 
         With ``crcs``, the CRC of every chunk written through the group is noted in it
-        (:class:`scdask.integrity.RecordingStore`).
+        (:class:`scdask.store.zarrstores.RecordingStore`).
         """
         store = self.zarr_store(read_only=mode == "r")
         if crcs is not None:
-            from scdask.store.integrity import RecordingStore
+            from scdask.store.zarrstores import RecordingStore
 
             store = RecordingStore(store, crcs)
+        import zarr
+
         from scdask.format.codecs import implementations
 
         with implementations():
@@ -112,7 +118,7 @@ class Location:
 
     def open_checked(self, checksums: bool = True,
                      optional: Callable[[str], bool] | None = None) -> zarr.Group:
-        """The root group, read-only, with every chunk read checked (:class:`CheckedStore`).
+        """The root group, read-only, with every chunk read checked (:class:`scdask.store.zarrstores.CheckedStore`).
 
         Parameters
         ----------
@@ -121,10 +127,12 @@ class Location:
         optional
             Arrays whose chunks may be missing (read as fill values).
         """
-        from scdask.store.integrity import CheckedStore
+        from scdask.store.zarrstores import CheckedStore
 
         store = CheckedStore(self.zarr_store(read_only=True), self.url, checksums, optional,
                              self.root if self.is_local else None)
+        import zarr
+
         from scdask.format.codecs import implementations
 
         with implementations():

@@ -44,11 +44,13 @@ def read_table(loc: Location, relpath: str, columns: list[str] | None = None) ->
         raise FormatError(f"{loc.url}: {relpath} cannot be read: it is damaged ({e})") from e
 
 
-def read_frame(loc: Location, relpath: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a Parquet table of the store as the pandas frame AnnData had."""
+def read_frame(loc: Location, relpath: str, columns: list[str] | None = None,
+               deduplicate: bool = True) -> pd.DataFrame:
+    """Read a Parquet table of the store as the pandas frame AnnData had (``deduplicate``:
+    see :func:`scdask.format.tables.frame_to_dataframe`)."""
     if columns is not None:
         columns = [INDEX_COLUMN, *[c for c in columns if c != INDEX_COLUMN]]
-    return frame_to_dataframe(read_table(loc, relpath, columns))
+    return frame_to_dataframe(read_table(loc, relpath, columns), deduplicate)
 
 
 def frame_schema(loc: Location, relpath: str) -> pa.Schema:

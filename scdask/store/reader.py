@@ -11,11 +11,10 @@ import functools
 import json
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from scdask.format import (
     COLPTR,
@@ -32,6 +31,9 @@ from scdask.format.blocks import GroupBlock
 from scdask.store.entries import Chunks, Entries
 from scdask.store.location import Location
 from scdask.store.metadata import frame_schema, read_frame, read_uns
+
+if TYPE_CHECKING:  # Zarr is imported when an array is read through it
+    import zarr
 
 
 class IncompleteStoreError(FormatError):
@@ -181,6 +183,8 @@ class Store:
     @functools.cache  # noqa: B019 - a Store lives as long as its arrays
     def array(self, path: str) -> zarr.Array:
         """A Zarr array of the store, e.g. ``X/data``."""
+        import zarr
+
         from scdask.format.codecs import implementations
 
         try:
@@ -407,7 +411,7 @@ class Store:
     def var(self, name: str = "X", columns: list[str] | None = None) -> pd.DataFrame:
         """Matrix ``name``'s var (only ``columns`` beside the index, when given)."""
         rel = self.matrix(name)["var"] if name in self.matrices else VAR_FILE
-        var = read_frame(self.loc, rel, columns)
+        var = read_frame(self.loc, rel, columns, deduplicate=False)  # names mostly unique
         n = self.matrix(name)["shape"][1] if name in self.matrices else self.n_vars
         if len(var) != n:
             raise FormatError(f"{self.url}: {rel} has {len(var)} rows, the matrix {name} "
