@@ -393,3 +393,31 @@ def test_missing_chunk_is_an_error_not_zeros(tiny_store, tmp_path, chunk):
     d = scdask.open(damaged)
     with pytest.raises(FormatError, match=r"damaged\.zarr.*(missing|corrupt)"):
         d.X.mean("cell").compute(scheduler="sync")
+
+
+def test_a_scripts_first_answer_loads_only_what_it_uses(tiny_store, ref):
+    """Issue #19, item 7: a fresh process that opens a store and asks one gene's count, max
+    and mean imports neither Zarr nor the converter, and loads no compiled kernel (numba's
+    first kernel costs ~0.3 s of start-up); the answers are still numpy's."""
+    import json
+    import subprocess
+    import sys
+
+    adata, dense = ref
+    gene = adata.var_names[4]
+    code = f"""
+import json, sys, dask, scdask
+g = scdask.open({str(tiny_store)!r}).X.sel(gene={gene!r})
+count, mx, mean = dask.compute((g != 0).sum(), g.max(), g.mean())
+from scdask.compute import kernels
+print(json.dumps({{"answers": [float(count), float(mx), float(mean)],
+                  "loaded": sorted(m for m in ("zarr", "scdask.conversion", "h5py")
+                                   if m in sys.modules),
+                  "compiled": len(kernels._gene_partials.signatures)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    col = dense[:, 4]
+    np.testing.assert_allclose(got["answers"], [np.count_nonzero(col), col.max(), col.mean()],
+                               rtol=1e-12)
+    assert got["loaded"] == [] and got["compiled"] == 0, got
