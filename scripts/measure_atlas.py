@@ -6,8 +6,10 @@ dataset (N = 1, 14, 100, 500 by default: 200,000 cells each gives 100M cells at 
 Each N runs in a fresh process (its peak RSS is the client's), after one untimed run that
 warms the page cache. Printed per N: cells, row groups, the time to open, the one-gene
 mean (the process's first query: kernel loading included), max and count, the one-gene
-mean over every 7th cell, the number of tasks of the one-gene mean's graph, and the peak
-RSS of the process. Each answer is checked against numpy on the single store's column of
+mean over every 7th cell, over the control cells (``ds.where(ds.drug == "DMSO_TF",
+drop=True)``, then ``isel`` with that boolean mask), the one-gene mean of every drug
+(``groupby("drug")``), the number of tasks of the one-gene mean's graph, and the peak RSS
+of the process. Each answer is checked against numpy on the single store's column of
 the gene, repeated as the links repeat it.
 """
 
@@ -39,7 +41,13 @@ out = {"cells": ds.sizes["cell"], "import_s": t1 - t0, "open_s": t2 - t1,
 for name, fn in (("mean", lambda: g.mean()), ("max", lambda: g.max()),
                  ("count", lambda: (g != 0).sum()),
                  ("mean_every_7th", lambda: ds.X.isel(cell=slice(None, None, 7))
-                  .sel(gene=gene).mean())):
+                  .sel(gene=gene).mean()),
+                 ("mean_where_control", lambda: ds.where(ds.drug == "DMSO_TF", drop=True)
+                  .X.sel(gene=gene).mean()),
+                 ("mean_mask_control", lambda: ds.X.isel(cell=(ds.drug == "DMSO_TF").values)
+                  .sel(gene=gene).mean()),
+                 ("groupby_drug_control", lambda: g.groupby("drug").mean()
+                  .sel(drug="DMSO_TF"))):
     t = time.perf_counter()
     out[name] = float(fn().compute())
     out[name + "_s"] = time.perf_counter() - t
@@ -63,9 +71,12 @@ def main() -> None:
     groups = Store(store).n_groups
     import scdask
 
-    col = np.asarray(scdask.open(store).X.sel(gene=GENE).values, np.float64)
+    one = scdask.open(store)
+    col = np.asarray(one.X.sel(gene=GENE).values, np.float64)
+    control = col[(one.drug == "DMSO_TF").values].mean()
     print(f"{'links':>6} {'cells':>12} {'row groups':>10} {'open':>7} {'mean (1st)':>10} "
-          f"{'max':>7} {'count':>7} {'every 7th':>9} {'tasks':>6} {'peak RSS':>8}")
+          f"{'max':>7} {'count':>7} {'every 7th':>9} {'where':>7} {'mask':>7} {'groupby':>7} "
+          f"{'tasks':>6} {'peak RSS':>8}")
     with tempfile.TemporaryDirectory(dir=os.path.dirname(store)) as tmp:
         for n in counts:
             folder = os.path.join(tmp, f"links{n}")
@@ -79,12 +90,15 @@ def main() -> None:
             seventh = [col[(-i * m) % 7 :: 7] for i in range(n)]
             expected = {"mean": col.mean(), "max": col.max(), "count": n * np.count_nonzero(col),
                         "mean_every_7th": sum(x.sum() for x in seventh)
-                        / sum(len(x) for x in seventh)}
+                        / sum(len(x) for x in seventh), "mean_where_control": control,
+                        "mean_mask_control": control, "groupby_drug_control": control}
             for key, want in expected.items():
                 if abs(r[key] - want) > 1e-6 * max(1.0, abs(want)):
                     raise AssertionError(f"{n} links: {key} {r[key]} != {want}")
             print(f"{n:>6} {r['cells']:>12,} {n * groups:>10} {r['open_s']:>6.2f}s {r['mean_s']:>9.2f}s "
                   f"{r['max_s']:>6.2f}s {r['count_s']:>6.2f}s {r['mean_every_7th_s']:>8.2f}s "
+                  f"{r['mean_where_control_s']:>6.2f}s {r['mean_mask_control_s']:>6.2f}s "
+                  f"{r['groupby_drug_control_s']:>6.2f}s "
                   f"{r['tasks']:>6} {r['peak_rss_gb']:>6.2f}GB", flush=True)
 
 

@@ -466,3 +466,51 @@ def test_pool_worker_reuses_scratch_across_matrices_and_formats(tmp_path):
     assert st.n_groups == 6 and np.dtype(st.matrix("X")["stored_dtype"]) == np.uint16
     assert_store_matches_anndata(st, anndata.read_h5ad(src))
     assert verify(st, against=src).ok
+
+
+@pytest.mark.parametrize("sliced", [True, False])
+def test_obs_converted_in_slices_equals_anndatas(tmp_path, monkeypatch, sliced):
+    """obs is read and written a slice of whole row groups at a time (a plate's cell names
+    and barcodes never all in memory); every column's values and dtype are anndata's, and
+    the Parquet row groups still match the matrix's. A column that cannot be read in
+    slices (another encoding) makes the whole frame be read at once, with the same result."""
+    import anndata as ad
+    import pyarrow.parquet as pq
+
+    from scdask.conversion import metadata
+    from scdask.sources import elements
+
+    monkeypatch.setattr(metadata, "OBS_SLICE", 300)
+    if not sliced:
+        plain = elements.sliceable
+        monkeypatch.setattr(elements, "sliceable", lambda e: plain(e) and e.name != "/obs/count")
+    from scdask.sources.h5ad import H5ADSource
+
+    reads = []
+    one_slice = H5ADSource._frame_slice
+    monkeypatch.setattr(H5ADSource, "_frame_slice", staticmethod(
+        lambda elem, *a: reads.append((elem.name, a[-1])) or one_slice(elem, *a)))
+    rng = np.random.default_rng(3)
+    n = 1000
+    obs = pd.DataFrame({
+        "drug": pd.Categorical(rng.choice(["DMSO_TF", "a", "b"], n)),
+        "barcode": [f"BC{i:07d}" for i in range(n)],
+        "count": rng.integers(0, 9, n),
+        "score": rng.normal(size=n),
+        "maybe": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 5, n)), dtype="Int64"),
+        "flag": pd.array(np.where(rng.random(n) < 0.2, None, rng.random(n) < 0.5), dtype="boolean"),
+        "ok": rng.random(n) < 0.5,
+    }, index=pd.Index([f"cell{i}" for i in range(n)], name="cell_id"))
+    X = sp.random(n, 20, density=0.1, format="csr", random_state=1, dtype=np.float32)
+    path = tmp_path / "o.h5ad"
+    ad.AnnData(X, obs=obs).write_h5ad(path)
+    scdask.convert(path, tmp_path / "o.zarr", row_group_size=128, workers=0)
+    want = ad.read_h5ad(path).obs
+    got = scdask.open(tmp_path / "o.zarr").scdask.obs
+    pd.testing.assert_frame_equal(got, want)
+    obs_reads = [rows for name, rows in reads if name == "/obs"]
+    assert obs_reads == ([slice(a, min(n, a + 256)) for a in range(0, n, 256)] if sliced
+                         else [None])
+    meta = pq.ParquetFile(tmp_path / "o.zarr" / "obs.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
+        [128] * 7 + [n - 7 * 128]

@@ -18,12 +18,17 @@ from scdask.sources import Source
 from scdask.store.location import Location
 from scdask.store.metadata import write_elements, write_table, write_uns
 
+#: Rows of obs read and written at a time.
+OBS_SLICE = 1 << 18
+
 
 def write_metadata(src: Source, loc: Location, root: zarr.Group, plan: Plan) -> list[str]:
     """Write obs, var (and raw's), obsm, varm, obsp, varp and uns; return what is not kept."""
 
     R = plan.row_group_size
-    write_table(loc, OBS_FILE, src.frame("obs"), R)
+    # obs a slice of ~260,000 rows at a time (whole row groups): its strings (cell names,
+    # barcodes) are never all in memory; var is as long as the genes.
+    write_table(loc, OBS_FILE, src.frame("obs", rows=R * max(1, OBS_SLICE // R)), R)
     write_table(loc, VAR_FILE, src.frame("var"), 1 << 16)
     if any(m.name == "raw/X" for m in plan.matrices):
         write_table(loc, "raw/" + VAR_FILE, src.frame("raw/var"), 1 << 16)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -69,8 +70,10 @@ class Source(Protocol):
         """Columns ``[start, stop)`` of CSC matrix ``name`` as rows of its transpose (a
         conversion reads a CSC matrix this way, once, rather than by rows)."""
 
-    def frame(self, name: str) -> pa.Table:
-        """The ``obs``, ``var`` or ``raw/var`` table, index in column ``_index``."""
+    def frame(self, name: str, rows: int | None = None) -> Iterator[pa.Table]:
+        """The ``obs``, ``var`` or ``raw/var`` table, index in column ``_index``, in slices
+        of ``rows`` rows (all slices of one schema; one slice where the source cannot
+        slice the table, or without ``rows``)."""
 
     def obsm_varm(self) -> dict[str, Any]:
         """Dense ``obsm/*`` and ``varm/*`` arrays (h5py datasets or numpy arrays)."""

@@ -272,30 +272,54 @@ class H5ADSource:
                 self._legacy_adata = anndata.read_h5ad(self.path, backed="r")
         return self._legacy_adata
 
-    def frame(self, name: str) -> pa.Table:
+    def frame(self, name: str, rows: int | None = None) -> Iterator[pa.Table]:
         if self.legacy:
             adata = self._legacy()
             df = adata.raw.var if name == "raw/var" else getattr(adata, name)
-            return dataframe_to_arrow(df)
+            yield dataframe_to_arrow(df)
+            return
+        from scdask.sources.elements import read_elem, sliceable
+
+        elem = self.file[name]
+        if isinstance(elem, h5py.Dataset):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = dataframe_to_arrow(read_elem(elem))
+            yield table
+            return
+        index_key = _decode(elem.attrs.get("_index", "_index"))
+        columns = [_decode(c) for c in elem.attrs.get("column-order", [])]
+        if "__categories" in elem or _decode(elem.attrs.get("encoding-version")) != "0.2.0":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                table = dataframe_to_arrow(read_elem(elem))
+            yield table
+            return
+        # Column by column, so a multi-million-row obs never exists twice in pandas; in row
+        # slices when every column's type follows from its encoding (the slices then share
+        # one schema), so its strings are never all in memory at once.
+        n = self._frame_length(name)
+        step = n if rows is None else max(1, rows)
+        if not all(sliceable(elem[k]) for k in (index_key, *columns)):
+            step = n
+        for a in range(0, max(n, 1), max(step, 1)):
+            yield self._frame_slice(elem, index_key, columns,
+                                    None if step >= n else slice(a, min(n, a + step)))
+
+    @staticmethod
+    def _frame_slice(elem: h5py.Group, index_key: str, columns: list[str],
+                     rows: slice | None) -> pa.Table:
         import pandas as pd
 
         from scdask.sources.elements import read_elem
 
-        elem = self.file[name]
-        if isinstance(elem, h5py.Dataset):
-            return dataframe_to_arrow(read_elem(elem))
-        # Column by column, so a multi-million-row obs never exists twice in pandas.
-        index_key = _decode(elem.attrs.get("_index", "_index"))
-        columns = [_decode(c) for c in elem.attrs.get("column-order", [])]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if "__categories" in elem or _decode(elem.attrs.get("encoding-version")) != "0.2.0":
-                return dataframe_to_arrow(read_elem(elem))
-            index = pd.Index(read_elem(elem[index_key]))
+            index = pd.Index(read_elem(elem[index_key], rows))
             index.name = None if index_key == "_index" else index_key
             builder = ArrowFrameBuilder(index)
             for col in columns:
-                builder.add(col, read_elem(elem[col]))
+                builder.add(col, read_elem(elem[col], rows))
         return builder.finish()
 
     def obsm_varm(self) -> dict[str, Any]:

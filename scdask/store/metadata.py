@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,20 +18,26 @@ if TYPE_CHECKING:
     from scdask.store.location import Location
 
 
-def write_table(loc: Location, relpath: str, table: pa.Table, row_group_size: int) -> None:
-    """Write ``table`` as Parquet at ``relpath``, in row groups matching the matrix."""
-    meta = dict(table.schema.metadata or {})
-    meta[b"scdask_format_version"] = str(FORMAT_VERSION).encode()
-    table = table.replace_schema_metadata(meta)
+def write_table(loc: Location, relpath: str, tables: pa.Table | Iterable[pa.Table],
+                row_group_size: int) -> None:
+    """Write ``tables`` (one table, or the slices of one, in order) as Parquet at
+    ``relpath``, in row groups matching the matrix (slices of a multiple of
+    ``row_group_size`` rows keep them aligned)."""
+    writer = None
     with loc.open(relpath, "wb") as f:
-        pq.write_table(
-            table,
-            f,
-            row_group_size=max(1, row_group_size),
-            compression="zstd",
-            write_statistics=True,
-            write_page_checksum=True,
-        )
+        for table in [tables] if isinstance(tables, pa.Table) else tables:
+            if writer is None:
+                meta = dict(table.schema.metadata or {})
+                meta[b"scdask_format_version"] = str(FORMAT_VERSION).encode()
+                table = table.replace_schema_metadata(meta)
+                writer = pq.ParquetWriter(f, table.schema, compression="zstd",
+                                          write_statistics=True, write_page_checksum=True)
+            elif not table.schema.equals(writer.schema):
+                table = table.cast(writer.schema)
+            writer.write_table(table, row_group_size=max(1, row_group_size))
+        if writer is None:
+            raise ValueError(f"{loc.url}: {relpath}: no table to write")
+        writer.close()
 
 
 def read_table(loc: Location, relpath: str, columns: list[str] | None = None) -> pa.Table:
