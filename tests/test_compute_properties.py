@@ -27,6 +27,7 @@ def tasks(request, monkeypatch):
 
     if request.param == "row groups batched":
         monkeypatch.setattr(reductions, "MAX_TASKS", 2)
+        monkeypatch.setattr(reductions, "FEW_GENE_TASKS", 2)
     return request.param
 
 
