@@ -58,6 +58,23 @@ def test_groupby_is_one_pass_equal_to_xarray(ds, ref, op, monkeypatch):
     close(got.values, want.values)
 
 
+@pytest.mark.parametrize("op", ["sum", "mean", "var", "min", "max"])
+def test_groupby_of_one_gene_is_one_pass(ds, ref, op, monkeypatch):
+    """``ds.X.sel(gene=name).groupby("drug")``: the gene dimension dropped, a number per
+    group, still one labelled pass (it was one pass per group)."""
+    a, X = ref
+    calls = _passes(monkeypatch)
+    name = a.var_names[4]
+    ref_da = _dense(ds.X, X).sel(gene=name)
+    with dask.config.set(scheduler="sync"):
+        got = getattr(ds.X.sel(gene=name).groupby("drug"), op)().compute()
+    want = getattr(ref_da.groupby("drug"), op)()
+    assert calls == [ref_da.drug.to_series().nunique()]
+    assert got.dims == want.dims == ("drug",)
+    np.testing.assert_array_equal(got.drug.values, want.drug.values)
+    close(got.values, want.values)
+
+
 def test_multi_key_groupby_of_normalized(ds, ref, monkeypatch):
     """xarray's multi-key group-by of log1p(normalize_total): one pass, xarray's layout."""
     _, X = ref

@@ -296,7 +296,8 @@ class ScdaskArray(DaskProxy):
         if genes is not None:
             gene_ops = tuple(_take(o, genes) for o in gene_ops)
         out = self._new(self._expr, cell_ops, gene_ops, base)
-        if cells is not None and genes is None and self.ndim == 2 and not base.drop_cell:
+        by_cells = self.ndim == 2 or (self.ndim == 1 and self._base.drop_gene)
+        if cells is not None and genes is None and by_cells and not base.drop_cell:
             out._origin = (self, np.asarray(cells, np.int64))
         return out
 
@@ -348,13 +349,14 @@ class ScdaskArray(DaskProxy):
                              f"numpy's zero-size {op}imum; check the selection (an obs value "
                              "that does not occur?)")
         integer = self.dtype.kind in "biu"
+        one_gene = self.ndim == 1 and b.drop_gene  # the cells of one gene
         if (self._origin is not None and axes == (0,) and not keepdims and op in FUSED
-                and self.ndim == 2):
+                and (self.ndim == 2 or one_gene)):
             parent, cells = self._origin
             return CellReduction(
                 parent, cells, lambda: gene_reduction(self.inputs(), op, skipna, ddof, integer,
-                                                      scalar=False),
-                op, skipna, ddof, out_dtype(op, integer), self.shape[1])
+                                                      scalar=one_gene),
+                op, skipna, ddof, out_dtype(op, integer), None if one_gene else self.shape[1])
         inp = self.inputs()
         if "cell" in kept:
             result = cell_reduction(inp, op, skipna, ddof, integer)

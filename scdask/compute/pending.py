@@ -25,10 +25,11 @@ FUSED = ("sum", "mean", "var", "std", "min", "max")
 
 
 class CellReduction(DaskProxy):
-    """``op`` over the cells of ``parent[cells]``, per gene (1-D), not built until needed."""
+    """``op`` over the cells of ``parent[cells]``, per gene (1-D; 0-D for a matrix of one
+    gene whose gene dimension is dropped), not built until needed."""
 
     def __init__(self, parent: Any, cells: np.ndarray, build: Any, op: str, skipna: bool,
-                 ddof: int, dtype: np.dtype, n_genes: int) -> None:
+                 ddof: int, dtype: np.dtype, n_genes: int | None) -> None:
         self.__dict__.update(_pending=(parent, np.asarray(cells, np.int64), op, skipna, ddof),
                              _build=build, _dtype=np.dtype(dtype), _n_genes=n_genes)
 
@@ -38,7 +39,7 @@ class CellReduction(DaskProxy):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self._n_genes,)
+        return () if self._n_genes is None else (self._n_genes,)
 
     @property
     def dtype(self) -> np.dtype:
@@ -46,7 +47,7 @@ class CellReduction(DaskProxy):
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        return ((self._n_genes,),)  # the per-gene reduction's one block
+        return tuple((n,) for n in self.shape)  # the per-gene reduction's one block
 
     @property
     def real(self) -> Any:  # a real array's own (xarray's duck-array check asks, often)
@@ -91,5 +92,7 @@ def _fuse(arrays: Any, axis: int = 0, out: Any = None, **kw: Any) -> Any:
     integer = parent.dtype.kind in "biu"  # (an integer sum's exactness check needs min/max)
     acc = labels.accumulate(parent.inputs(), codes, len(arrays),
                             minmax=op in ("min", "max") or integer)
-    return wrap(labels.statistic(acc, op, skipna=skipna, ddof=ddof, integer=integer)
-                .astype(arrays[0].dtype, copy=False))
+    stat = labels.statistic(acc, op, skipna=skipna, ddof=ddof, integer=integer)
+    if arrays[0].shape == ():  # one gene, its dimension dropped: a number per group
+        stat = stat[:, 0]
+    return wrap(stat.astype(arrays[0].dtype, copy=False))
