@@ -1,7 +1,7 @@
 """Issue #19's growth table: one store linked N times under different names, opened as one
 dataset (N = 1, 14, 100, 500 by default: 200,000 cells each gives 100M cells at 500).
 
-    python scripts/measure_atlas.py PLATE.zarr [N ...] [--no-where]
+    python scripts/measure_atlas.py PLATE.zarr [N ...] [--no-where] [--no-groupby]
 
 Each N runs in a fresh process (its peak RSS is the client's), after one untimed run that
 warms the page cache. Printed per N: cells, row groups, the time to open, the one-gene
@@ -72,9 +72,13 @@ def main() -> None:
 
     store = os.path.abspath(sys.argv[1])
     # ds.where(..., drop=True) loads every lazy obs column of the cells it keeps (xarray
-    # compares the coordinates of the Dataset and of the condition): --no-where skips it
-    skip = ("mean_where_control",) if "--no-where" in sys.argv else ()
-    counts = [int(a) for a in sys.argv[2:] if a != "--no-where"] or [1, 14, 100, 500]
+    # compares the coordinates of the Dataset and of the condition), and xarray's group-by
+    # factorizes the obs column and selects each group's cells before the one pass: both
+    # grow with the cells, --no-where and --no-groupby skip them
+    skip = tuple(name for flag, name in (("--no-where", "mean_where_control"),
+                                         ("--no-groupby", "groupby_drug_control"))
+                 if flag in sys.argv)
+    counts = [int(a) for a in sys.argv[2:] if not a.startswith("--")] or [1, 14, 100, 500]
     groups = Store(store).n_groups
     import scdask
 
