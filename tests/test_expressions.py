@@ -215,3 +215,35 @@ def test_no_crash_whatever_the_hash_seed(tiny_store):
         assert p.returncode == 0, p.stderr[-3000:]
         outs.add(p.stdout.strip())
     assert len(outs) == 1
+
+
+def test_expressions_without_the_values_read_nothing(ds, ref, monkeypatch):
+    """xarray's ``count`` is ``sum(~isnan(x))``: for integers a constant, every entry equal
+    to its value at zero. Such reductions (``ones_like`` too) read no stored entry and
+    still give numpy's answers, over cell selections and per group as well; for floats,
+    which may hold NaN, the values are read."""
+    from scdask.compute import blocks, reductions
+
+    a, X = ref
+    reads = []
+    for module in (blocks, reductions):
+        real = module.read_gene_runs if hasattr(module, "read_gene_runs") else None
+        if real is not None:
+            monkeypatch.setattr(module, "read_gene_runs",
+                                lambda *args, real=real: reads.append(1) or real(*args))
+    gene = a.var_names[4]
+    counts = ds.X.astype(np.int32)  # the tiny store keeps float32 values
+    with dask.config.set(scheduler="sync"):
+        assert counts.sel(gene=gene).count().compute().item() == X.shape[0]
+        np.testing.assert_array_equal(
+            counts.isel(cell=slice(None, None, 3)).count("cell").compute().values,
+            np.full(X.shape[1], len(X[::3])))
+        np.testing.assert_array_equal(xr.ones_like(ds.X).sum("gene").compute().values,
+                                      np.full(X.shape[0], X.shape[1], dtype=float))
+        per_drug = counts.sel(gene=gene).groupby("drug").count().compute()
+    want = a.obs["drug"].value_counts()
+    np.testing.assert_array_equal(per_drug.values, want.loc[per_drug.drug.values].values)
+    assert reads == []
+    with dask.config.set(scheduler="sync"):  # floats may hold NaN: read
+        assert ds.X.sel(gene=gene).count().compute().item() == X.shape[0]
+    assert reads

@@ -216,6 +216,11 @@ class ScdaskArray(DaskProxy):
         return new
 
     def __array_ufunc__(self, uf: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if (uf in (np.isnan, np.isinf, np.isfinite) and method == "__call__" and not kwargs
+                and inputs == (self,) and self.dtype.kind in "biu"):
+            # integers hold no NaN or infinity: a constant, whose reductions read nothing
+            # (xarray's count is sum(~isnan(x)))
+            return np.full_like(self, uf is np.isfinite, dtype=bool)
         if method == "__call__" and not kwargs and uf.nout == 1 and uf.__name__ in UFUNCS:
             out = self._compose(lambda *t: ufunc(uf.__name__, t), inputs)
             if out is not None:

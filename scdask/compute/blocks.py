@@ -166,10 +166,22 @@ def batches(spec: Spec, sel: GroupSel, unique: np.ndarray, inverse: np.ndarray,
     ``cells`` and ``genes`` are the operands' values for the block's cells and genes.
     """
     with_rows = with_rows or spec.expr.uses_cells
-    runs = read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
+    runs = stored_runs(spec, sel, unique, with_rows)
     # each per-cell operand by local row of the group: one gather per entry, not two
     by_row = [c[_row_of(sel, 0)] for c in cells] if spec.expr.uses_cells else []
     yield from evaluated(spec, runs, inverse, by_row, genes, with_rows, native)
+
+
+def stored_runs(spec: Spec, sel: GroupSel, unique: np.ndarray,
+                with_rows: bool) -> tuple[np.ndarray, ...]:
+    """``starts, ends, values, rows`` of the stored entries of genes ``unique`` in the row
+    group, as stored; none (nothing read) when the expression does not use the values:
+    every entry is then its value at zero, as implicit entries are (``count`` is
+    ``sum(notnull(x))``, constant for integers)."""
+    if not spec.expr.uses_values:
+        none = np.zeros(len(unique), np.int64)
+        return none, none.copy(), np.zeros(0, spec.base.dtype), np.zeros(0, np.int64)
+    return read_gene_runs(sel.part, sel.group, unique, Expr(), with_rows)
 
 
 def evaluated(spec: Spec, runs: tuple[np.ndarray, ...], inverse: np.ndarray,

@@ -62,6 +62,12 @@ class Expr:
         return self.tree == ("v",)
 
     @property
+    def uses_values(self) -> bool:
+        """Whether the stored values matter (``isnull`` of integers, ``ones_like``: they do
+        not, and every entry is the value at zero)."""
+        return _uses(self.tree, "v")
+
+    @property
     def uses_cells(self) -> bool:
         return _uses(self.tree, "cell")
 

@@ -25,12 +25,11 @@ from scdask.compute.blocks import (
     evaluated,
     fill_plan,
     gene_chunks,
+    stored_runs,
     take_runs,
     warn_dense,
 )
-from scdask.compute.expr import Expr
 from scdask.compute.kernels import M2, MAX, MIN, NAN, SUM, N
-from scdask.compute.reading import read_gene_runs
 from scdask.format import cell_stat_array
 
 
@@ -84,7 +83,7 @@ def _whole_groups_partials(groups: list[Any], gpos: np.ndarray, ops: tuple[Any, 
         return out
 
     for sel in groups:
-        runs = read_gene_runs(sel.part, sel.group, unique, Expr(), False)
+        runs = stored_runs(spec, sel, unique, False)
         if pending and n_entries + len(runs[2]) > COMBINE_ENTRIES:
             p = flush()
             part = p if part is None else kernels.merge_partials(part, p)
