@@ -38,54 +38,101 @@ SPLIT_EVERY = {"few cells per label": 16, "many": 4}
 #: Cells per label in a row group (on average) from which a row group's statistics are
 #: dense ``(7, labels, genes)`` arrays rather than (label, gene) pairs.
 DENSE_CELLS_PER_LABEL = 4
+#: Cells per label (on average) of one dense task: its row groups add into one array of
+#: statistics, ``7 × labels`` per gene, against ~``cells × 1,300 / 62,710`` entries per gene
+#: on a Tahoe-like plate; the merges then read few such arrays.
+BATCH_CELLS_PER_LABEL = 512
 
 
 def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any, spec: Spec,
                 n_labels: int, drop_masked: bool, dense: bool = False) -> Any:
-    """One row group × block of genes, per label: the stored pairs and what the implicit
-    entries need (cells per label and value at zero). ``codes`` are the labels of the row
-    group's selected cells (-1: in no group); with ``drop_masked``, cells whose every value
-    is NaN (masked by ``.where``) are in no group either. ``dense``: the statistics of every
-    (label, gene) as one ``(7, labels, genes)`` array, not pairs."""
-    sel = sels.reshape(-1)[0]
-    if sel is None:
-        return None
-    unique, inverse = spec.genes(gpos)
-    cells, genes = spec.split(ops)
-    fill = block_fill(spec, sel, cells, genes, len(inverse))
+    """A task's row groups (one or more, in order) × block of genes, per label: the stored
+    pairs and what the implicit entries need (cells per label and value at zero), a part
+    per row group. ``codes`` are the labels of the task's selected cells (-1: in no
+    group); with ``drop_masked``, cells whose every value is NaN (masked by ``.where``) are
+    in no group either. ``dense``: the statistics of every (label, gene) as one
+    ``(7, labels, genes)`` array, not pairs, added up over the row groups whose values at
+    zero are alike (one part for them all)."""
+    groups = [s for s in sels.reshape(-1) if s is not None]
     codes = np.asarray(codes, np.int64).reshape(-1)
+    cells, genes = spec.split(ops)
+    unique, inverse = spec.genes(gpos)
+    parts: list[Any] = []
+    at = 0
+    for sel in groups:  # per-cell operands and codes hold the task's cells, group by group
+        own = [c[at : at + sel.count] for c in cells]
+        fill = block_fill(spec, sel, own, genes, len(inverse))
+        lab, same, combined = _labels(sel, fill, codes[at : at + sel.count], drop_masked)
+        at += sel.count
+        runs = batches(spec, sel, unique, inverse, own, genes, same < 0, native=True)
+        if not dense:
+            parts.append(_pairs(runs, lab, same, n_labels * fill.n_classes, combined, fill))
+            continue
+        last = parts[-1] if parts else None
+        if last is None or last[2] != fill.n_classes or not np.array_equal(
+                last[3], fill.table, equal_nan=True):
+            last = [[], [], fill.n_classes, fill.table,
+                    _dense_empty(n_labels * fill.n_classes, len(inverse))]
+            parts.append(last)
+        for j0, j1, starts, ends, vals, rows in runs:
+            kernels.label_dense(starts, ends, vals, rows, lab, same, last[4][:, :, j0:j1])
+        last[0].append(combined)
+    if dense:
+        parts = [(*np.unique(np.concatenate(c)[np.concatenate(c) >= 0], return_counts=True),
+                  n, t, st) for c, _, n, t, st in parts]
+    return parts or None
+
+
+def _labels(sel: Any, fill: Any, codes: np.ndarray, drop_masked: bool
+            ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Each stored row's label (``same >= 0``: every cell's, rows not needed) and each
+    selected cell's label × value-at-zero class (-1: none)."""
     if drop_masked:
         codes = np.where(np.isnan(fill.table).all(axis=1)[fill.labels], -1, codes)
-    n_classes = fill.n_classes
-    combined = np.where(codes >= 0, codes * n_classes + fill.labels, -1)
+    combined = np.where(codes >= 0, codes * fill.n_classes + fill.labels, -1)
     if sel.local is None and len(combined) and (combined == combined[0]).all():
         # every cell of the row group has one label: the cell indices need not be read
-        lab, same = np.zeros(0, np.int64), int(combined[0])
-    else:
-        lab, same = np.full(sel.n_rows, -1, np.int64), -1
-        lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
-    present, counts = np.unique(combined[combined >= 0], return_counts=True)
-    parts = batches(spec, sel, unique, inverse, cells, genes, same < 0, native=True)
-    if dense:  # labels of many cells: nearly every (label, gene) has an entry
-        stats = np.empty((7, n_labels * n_classes, len(inverse)))
-        for j0, j1, starts, ends, vals, rows in parts:
-            kernels.label_dense(starts, ends, vals, rows, lab, same, stats[:, :, j0:j1])
-        return present, counts, n_classes, fill.table, stats
+        return np.zeros(0, np.int64), int(combined[0]), combined
+    lab = np.full(sel.n_rows, -1, np.int64)
+    lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = combined
+    return lab, -1, combined
+
+
+def _pairs(runs: Any, lab: np.ndarray, same: int, n_labels: int, combined: np.ndarray,
+           fill: Any) -> tuple[Any, ...]:
+    """One row group's part as (label, gene) pairs."""
     cl, gene, st = [], [], []
-    for j0, _, starts, ends, vals, rows in parts:
-        c, g, t = kernels.label_partials(starts, ends, vals, rows, lab, same,
-                                         n_labels * n_classes)
+    for j0, _, starts, ends, vals, rows in runs:
+        c, g, t = kernels.label_partials(starts, ends, vals, rows, lab, same, n_labels)
         cl.append(c)
         gene.append(g + j0)
         st.append(t)
     pairs = ((cl[0], gene[0], st[0]) if len(cl) == 1 else
              (np.concatenate(cl), np.concatenate(gene), np.concatenate(st, axis=1)))
-    return present, counts, n_classes, fill.table, pairs
+    present, counts = np.unique(combined[combined >= 0], return_counts=True)
+    return present, counts, fill.n_classes, fill.table, pairs
+
+
+def _dense_empty(n_labels: int, n_genes: int) -> np.ndarray:
+    """:func:`kernels.label_dense`'s statistics of nothing."""
+    out = dense_stats(7, n_labels, n_genes, fill=0.0)
+    out[5] = np.inf
+    out[6] = -np.inf
+    return out
+
+
+def dense_stats(rows: int, n_labels: int, n_genes: int, fill: float | None = None
+                ) -> np.ndarray:
+    """An uninitialized (or ``fill``-ed) ``(rows, labels, genes)`` array laid out gene-major
+    (labels adjacent): the kernels add one gene's values of every label, and accumulators
+    of one layout add up contiguously."""
+    out = (np.empty if fill is None else np.zeros)((rows, n_genes, n_labels))
+    return out.transpose(0, 2, 1)
 
 
 def empty_acc(n_labels: int, n_genes: int) -> np.ndarray:
     """The accumulator of nothing: zero counts, ``min = +inf``, ``max = -inf``."""
-    out = np.zeros((len(ACC), n_labels, n_genes))
+    out = dense_stats(len(ACC), n_labels, n_genes, fill=0.0)
     out[A_MIN] = np.inf
     out[A_MAX] = -np.inf
     return out
@@ -203,10 +250,12 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     implicit zeros would need every pair: the other rows need only the stored ones)."""
     n_genes = inp.spec.base.n_sel_genes
     block = max(1, min(n_genes or 1, BLOCK_BYTES // (8 * max(1, n_labels))))
-    args = inp.args(block, "i", "g")
-    args[4:4] = [da.from_array(np.asarray(codes, np.int64), chunks=(inp.counts,)), "i"]
     per_group = max(1.0, float(np.mean(inp.counts)) if len(inp.counts) else 1.0)
     many = DENSE_CELLS_PER_LABEL * n_labels <= per_group
+    if many:  # a task's statistics as large as its entries: several row groups to a task
+        inp = inp.batched(int(np.ceil(BATCH_CELLS_PER_LABEL * n_labels / per_group)))
+    args = inp.args(block, "i", "g")
+    args[4:4] = [da.from_array(np.asarray(codes, np.int64), chunks=(inp.counts,)), "i"]
     split = SPLIT_EVERY["many" if many else "few cells per label"]
     pairs = da.blockwise(label_block, "ig", *args, adjust_chunks={"i": 1}, align_arrays=False,
                          concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),

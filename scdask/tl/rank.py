@@ -13,8 +13,10 @@ Every group against the rest (or one reference group) in one streaming pass per 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Literal
 
@@ -31,6 +33,8 @@ from scdask.tl import kernels
 #: held about twice while sorted); ``dask.config.set({"scdask.rank-entries": ...})`` sets it.
 #: Smaller blocks hold less but decode each stored chunk for more blocks.
 WILCOXON_ENTRIES = 8_000_000
+#: Threads that compute the tests' scores, p-values and orders.
+CORES = os.cpu_count() or 1
 Method = Literal["t-test", "t-test_overestim_var", "wilcoxon"]
 
 
@@ -85,13 +89,14 @@ def _expm1(m: Matrix) -> Any:
 
 
 def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (statsmodels' ``fdr_bh``, as scanpy)."""
-    n = len(p)
-    order = np.argsort(p)
-    adj = p[order] * n / np.arange(1, n + 1)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adj, 1.0)
+    """Benjamini-Hochberg adjusted p-values (statsmodels' ``fdr_bh``, as scanpy) of each
+    row of ``p``."""
+    n = p.shape[-1]
+    order = np.argsort(p, axis=-1)
+    adj = np.take_along_axis(p, order, -1) * n / np.arange(1, n + 1)
+    adj = np.minimum.accumulate(adj[..., ::-1], axis=-1)[..., ::-1]
+    out = np.empty_like(adj)
+    np.put_along_axis(out, order, np.minimum(adj, 1.0), -1)
     return out
 
 
@@ -220,8 +225,6 @@ def rank_genes_groups(
     >>> de = scdask.tl.rank_genes_groups(logn, "drug", reference="DMSO_TF",
     ...                                  method="wilcoxon")  # doctest: +SKIP
     """
-    from scipy import stats
-
     if method not in ("t-test", "t-test_overestim_var", "wilcoxon"):
         raise ValueError(f"method {method!r}: t-test, t-test_overestim_var or wilcoxon "
                          "(logreg is not out of core)")
@@ -272,58 +275,108 @@ def rank_genes_groups(
         gnnz = x.coords.get(f"{x.dims[1]}_nnz")
         sums_r, ties = _wilcoxon(m, labels, n_cells, ref_of, ref < 0,
                                  None if gnnz is None else np.asarray(gnnz.values))
-    names = np.asarray(x[x.dims[1]].values).astype(str)
-    expm1 = _expm1(m)
-    frames = []
-    for g, name in enumerate(order):
-        for k, stratum in enumerate(strata):
-            lab = g * n_s + k
-            if g == ref or (within is not None and min(n_cells[lab], n_rest[lab, 0]) < 2):
-                continue  # the reference, or a stratum where either side has under 2 cells
-            n1, n2 = n_cells[lab], float(n_rest[lab, 0])
-            if method == "wilcoxon":
-                scores = _wilcoxon_scores(sums_r[lab], ties[0 if ref < 0 else lab], n1, n2,
-                                          tie_correct)
-                pvals = 2 * stats.norm.sf(np.abs(scores))
-            else:
-                with np.errstate(invalid="ignore"):
-                    scores, pvals = stats.ttest_ind_from_stats(
-                        mean1=mean[lab], std1=np.sqrt(var[lab]), nobs1=n1,
-                        mean2=mean_rest[lab], std2=np.sqrt(var_rest[lab]),
-                        nobs2=n2 if method == "t-test" else n1, equal_var=False)
-                scores, pvals = np.asarray(scores, np.float64), np.asarray(pvals, np.float64)
-                scores[np.isnan(scores)] = 0
-                pvals[np.isnan(pvals)] = 1
-            adj = _bh(pvals) if corr_method == "benjamini-hochberg" else np.minimum(
-                pvals * len(pvals), 1.0)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                lfc = np.log2((expm1(mean[lab]) + 1e-9) / (expm1(mean_rest[lab]) + 1e-9))
-            top = np.argsort(-(np.abs(scores) if rankby_abs else scores), kind="stable")
-            top = top[: len(top) if n_genes is None else n_genes]
-            f = pd.DataFrame({"group": str(name), "names": names[top],
-                              "scores": scores[top].astype(np.float32),
-                              "logfoldchanges": lfc[top].astype(np.float32),
-                              "pvals": pvals[top], "pvals_adj": adj[top]})
-            if within is not None:
-                f.insert(1, within, stratum)
-            if pts:
-                f["pct_nz_group"] = nnz[lab][top] / n1
-                if ref < 0:
-                    f["pct_nz_reference"] = nnz_rest[lab][top] / n2
-            frames.append(f)
-    out = pd.concat(frames, ignore_index=True)
+    names = np.asarray(np.asarray(x[x.dims[1]].values).astype(str), dtype=object)
     tested = [str(g) for i, g in enumerate(order) if i != ref]  # scanpy's: names as str
-    out["group"] = pd.Categorical(out["group"], categories=tested)
+    rows = [(g - (g > ref >= 0), k, g * n_s + k) for g in range(n_groups) if g != ref
+            for k in range(n_s)]
+    if within is not None:  # strata where either side has under 2 cells are left out
+        rows = [r for r in rows if min(n_cells[r[2]], n_rest[r[2], 0]) >= 2]
+    stat = partial(_scores, method=method, tie_correct=tie_correct, corr_method=corr_method,
+                   rankby_abs=rankby_abs, expm1=_expm1(m), mean=mean,
+                   mean_rest=mean_rest, var=var, var_rest=var_rest, n_cells=n_cells,
+                   n_rest=n_rest, rest=ref < 0)
+    if method == "wilcoxon":
+        stat = partial(stat, sums=sums_r, ties=ties)
+    keys = ["scores", "logfoldchanges", "pvals", "pvals_adj"]
+    keys += ([] if not pts else ["pct_nz_group"] if ref >= 0 else
+             ["pct_nz_group", "pct_nz_reference"])
+    ntop = len(names) if n_genes is None else min(n_genes, len(names))
+    lab = np.array([r[2] for r in rows], np.int64)
+    # the result's columns, a (test, gene) row each, filled in slices of tests by threads
+    cols = {k: np.empty((len(rows), ntop), np.float32 if k in keys[:2] else np.float64)
+            for k in keys}
+    top = np.empty((len(rows), ntop), np.int64)
+    step = max(1, min((1 << 22) // max(1, len(names)), -(-len(rows) // (2 * CORES))))
+
+    def fill(i: int) -> None:
+        sl = slice(i, i + step)
+        out = {k: v[sl] for k, v in cols.items()}
+        stat(lab[sl], top[sl], out)
+        if pts:
+            out["pct_nz_group"][:] = np.take_along_axis(nnz[lab[sl]], top[sl], 1) / n_cells[
+                lab[sl], None]
+            if ref < 0:
+                out["pct_nz_reference"][:] = np.take_along_axis(
+                    nnz_rest[lab[sl]], top[sl], 1) / n_rest[lab[sl]]
+
+    with ThreadPoolExecutor(CORES) as pool:  # numpy and scipy's kernels release the GIL
+        list(pool.map(fill, range(0, len(rows), step)))
+    codes = np.array([r[:2] for r in rows], np.int64).reshape(-1, 2)
+    frame: dict[str, Any] = {"group": pd.Categorical.from_codes(np.repeat(codes[:, 0], ntop),
+                                                                categories=tested)}
+    if within is not None:
+        frame[within] = pd.Index(strata).take(np.repeat(codes[:, 1], ntop))
+    frame["names"] = names[top.reshape(-1)]
+    frame.update((k, v.reshape(-1)) for k, v in cols.items())
+    out = pd.DataFrame(frame, copy=False)
     if len(tested) == 1 and within is None:
         out = out.drop(columns="group")
     return out
 
 
-def _wilcoxon_scores(sums: np.ndarray, ties: np.ndarray, n1: float, n2: float,
+def _scores(lab: np.ndarray, top: np.ndarray, out: dict[str, np.ndarray], *, method: str,
+            tie_correct: bool, corr_method: str, rankby_abs: bool, expm1: Any,
+            mean: np.ndarray, mean_rest: np.ndarray, var: np.ndarray, var_rest: np.ndarray,
+            n_cells: np.ndarray, n_rest: np.ndarray, rest: bool,
+            sums: np.ndarray | None = None, ties: np.ndarray | None = None) -> None:
+    """The tests of labels ``lab`` (one row each), every gene at once: into ``top`` each
+    row's genes in the result's order (best score first, as many as ``top`` has columns),
+    into ``out`` the result's columns in that order."""
+    from scipy import special
+
+    n1, n2 = n_cells[lab, None], n_rest[lab]
+    if method == "wilcoxon":
+        assert sums is not None and ties is not None
+        scores = _wilcoxon_scores(sums[lab], ties[0][None] if rest else ties[lab], n1, n2,
+                                  tie_correct)
+        pvals = 2 * special.ndtr(-np.abs(scores))  # scipy's norm.sf
+    else:
+        scores, pvals = _welch(mean[lab], var[lab], n1, mean_rest[lab], var_rest[lab],
+                               n2 if method == "t-test" else n1)
+    adj = _bh(pvals) if corr_method == "benjamini-hochberg" else np.minimum(
+        pvals * pvals.shape[1], 1.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lfc = np.log2((expm1(mean[lab]) + 1e-9) / (expm1(mean_rest[lab]) + 1e-9))
+    order = np.argsort(-(np.abs(scores) if rankby_abs else scores), axis=1, kind="stable")
+    top[:] = order[:, : top.shape[1]]
+    for key, v in (("scores", scores), ("logfoldchanges", lfc), ("pvals", pvals),
+                   ("pvals_adj", adj)):
+        out[key][:] = np.take_along_axis(v, top, 1)
+
+
+def _welch(m1: np.ndarray, v1: np.ndarray, n1: Any, m2: np.ndarray, v2: np.ndarray, n2: Any
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's t-test from moments, as ``scipy.stats.ttest_ind_from_stats(...,
+    equal_var=False)`` (its formulas, less its per-call machinery); NaN scores are 0 and
+    their p-values 1, as scanpy sets them."""
+    from scipy import special
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vn1, vn2 = v1 / n1, v2 / n2
+        df = (vn1 + vn2) ** 2 / (vn1 ** 2 / (n1 - 1) + vn2 ** 2 / (n2 - 1))
+        df = np.where(np.isnan(df), 1.0, df)  # zero variances: any df
+        t = (m1 - m2) / np.sqrt(vn1 + vn2)
+        p = 2 * special.stdtr(df, -np.abs(t))
+    t[np.isnan(t)] = 0
+    p[np.isnan(p)] = 1
+    return t, p
+
+
+def _wilcoxon_scores(sums: np.ndarray, ties: np.ndarray, n1: Any, n2: Any,
                      tie_correct: bool) -> np.ndarray:
     """z-scores of rank sums (scanpy's normal approximation; pooled over ``n1 + n2``)."""
-    pooled = n1 + n2
-    tc = 1.0 - ties / (pooled ** 3 - pooled) if tie_correct and pooled >= 2 else 1.0
+    pooled = n1 + n2  # at least 4: each side has at least 2 cells
+    tc = 1.0 - ties / (pooled ** 3 - pooled) if tie_correct else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
         scores = (sums - n1 * (pooled + 1) / 2.0) / np.sqrt(tc * n1 * n2 * (pooled + 1) / 12.0)
     scores[np.isnan(scores)] = 0
