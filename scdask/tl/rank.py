@@ -4,11 +4,9 @@ Every group against the rest (or one reference group) in one streaming pass per 
 
 - t-tests from per-group means and variances: one labelled pass over the store
   (:func:`scdask.compute.grouped`), the rest's moments from the totals;
-- Wilcoxon rank-sum tests, exact: for a block of genes, the stored entries of every cell
-  are gathered (gene-major, one task per row group), sorted by value per gene and ranked
-  in a compiled kernel (:mod:`scdask.tl.kernels`); a gene's implicit zeros are one block of
-  ties, so no rank is materialized per cell. Blocks are sized by the stored per-gene
-  non-zero counts to a bounded number of entries.
+- Wilcoxon rank-sum tests, exact, from the stored entries of a block of genes at a time
+  (:mod:`scdask.tl.wilcoxon`); against a reference group that pass also sums each
+  group's values, so it is the only pass.
 """
 
 from __future__ import annotations
@@ -26,13 +24,8 @@ import pandas as pd
 import xarray as xr
 
 from scdask.compute import Matrix, as_matrix, grouped
-from scdask.parallel import release_memory
-from scdask.tl import kernels
+from scdask.tl import wilcoxon
 
-#: Stored entries gathered for one block of genes in the Wilcoxon test (~12-16 bytes each,
-#: held about twice while sorted); ``dask.config.set({"scdask.rank-entries": ...})`` sets it.
-#: Smaller blocks hold less but decode each stored chunk for more blocks.
-WILCOXON_ENTRIES = 8_000_000
 #: Threads that compute the tests' scores, p-values and orders.
 CORES = os.cpu_count() or 1
 Method = Literal["t-test", "t-test_overestim_var", "wilcoxon"]
@@ -98,67 +91,6 @@ def _bh(p: np.ndarray) -> np.ndarray:
     out = np.empty_like(adj)
     np.put_along_axis(out, order, np.minimum(adj, 1.0), -1)
     return out
-
-
-def _wilcoxon_block(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int,
-                    n_cells: np.ndarray, ref_of: np.ndarray, rest: bool
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Rank sums and ties of genes ``lo:hi`` over every cell of the selection (the block's
-    entries held once: gene and label as int32, values in the expression's dtype)."""
-    genes, vals, labs = [], [], []
-    for sel in sels:
-        cell, gene, v, fill = m.coo(sel, slice(lo, hi))
-        if np.any(fill != 0):
-            raise ValueError(f"{sel.part.store.url}: row group {sel.group}: {m.expr} makes the "
-                             "implicit zeros other values, not zeros; rank the values before that "
-                             "transform")
-        lab = codes[sel.first + cell]
-        keep = lab >= 0
-        genes.append(gene[keep].astype(np.int32))
-        vals.append(v[keep])
-        labs.append(lab[keep].astype(np.int32))
-        del cell, gene, v, lab, keep
-    gene = np.concatenate(genes)
-    del genes
-    val = np.concatenate(vals)
-    del vals
-    lab = np.concatenate(labs)
-    del labs
-    if val.dtype.kind in "iub" and val.dtype.itemsize <= 2:
-        val = val.astype(np.float32)  # exact: small integers (counts as stored)
-    sort = (kernels.sort_by_gene_value32 if val.dtype == np.float32 else
-            kernels.sort_by_gene_value)  # one 64-bit key per entry: no index, no gathers
-    offsets, val, lab = sort(gene, val, lab, hi - lo)
-    out = kernels.rank_sums(offsets, val, lab, n_cells.astype(np.float64), ref_of, rest)
-    del gene, val, lab, offsets
-    release_memory()  # the block's entries go back to the OS, not to a growing heap
-    return out
-
-
-def _wilcoxon(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndarray, rest: bool,
-              gene_nnz: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Rank sums and tie sums ``(labels, genes)``, one task per block of genes."""
-    n_genes = m.base.n_sel_genes
-    nnz = np.ones(n_genes) * max(1, m.base.n_sel_cells // 10) if gene_nnz is None else gene_nnz
-    bounds = [0]
-    acc = 0.0
-    budget = int(dask.config.get("scdask.rank-entries", WILCOXON_ENTRIES))
-    for j, c in enumerate(np.asarray(nnz, np.float64)):
-        if acc + c > budget and j > bounds[-1]:
-            bounds.append(j)
-            acc = 0.0
-        acc += c
-    bounds.append(n_genes)
-    m.operands  # noqa: B018 - lazy operands computed once, before the tasks
-    sels = m.base.groups
-    # the matrix bound in the function: Dask would take the dataclass apart as an argument
-    block = dask.delayed(partial(_wilcoxon_block, m), pure=True)
-    parts = dask.compute(*[block(sels, codes, lo, hi, n_cells, ref_of, rest)
-                           for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo])
-    if not parts:
-        return np.zeros((len(n_cells), 0)), np.zeros((len(n_cells), 0))
-    return (np.concatenate([p[0] for p in parts], axis=1),
-            np.concatenate([p[1] for p in parts], axis=1))
 
 
 def rank_genes_groups(
@@ -249,13 +181,28 @@ def rank_genes_groups(
     labels = np.where(scode < 0, -1, np.where(codes < 0, n_groups, codes) * n_s + scode)
     n_labels = (n_groups + 1) * n_s
     n_cells = np.bincount(labels[labels >= 0], minlength=n_labels).astype(np.float64)
+    ref_of = np.full(n_labels, -1, np.int64)  # the label each label is tested against
+    if ref >= 0:
+        for g in range(n_groups):
+            ref_of[g * n_s : (g + 1) * n_s] = ref * n_s + np.arange(n_s)
+    sums_r = ties = moments = None
+    if method == "wilcoxon":
+        gnnz = x.coords.get(f"{x.dims[1]}_nnz")
+        sums_r, ties, moments = wilcoxon.rank_sums(
+            m, labels, n_cells, ref_of, ref < 0,
+            None if gnnz is None else np.asarray(gnnz.values))
     with warnings.catch_warnings():  # a label of no cell (or one): its statistics unused
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean, var, nnz = (np.asarray(a) for a in dask.compute(*grouped(
-            m.array, labels, n_labels, [("mean", 0), ("var", 1), ("count_nonzero", 0)])))
+        if moments is None:
+            mean, var, nnz = (np.asarray(a) for a in dask.compute(*grouped(
+                m.array, labels, n_labels, [("mean", 0), ("var", 1), ("count_nonzero", 0)])))
+        else:  # the rank sums' pass summed each label's values (NaN left out)
+            _, nan, total, sq, nnz = moments
+            valued = n_cells[:, None] - nan
+            mean = total / valued
+            var = np.maximum(sq - total * mean, 0.0) / (valued - 1)
     n = n_cells[:, None]
     mean, var = np.where(n > 0, mean, 0.0), np.where(n > 1, var, 0.0)
-    ref_of = np.full(n_labels, -1, np.int64)
     if ref < 0:  # each label against every other cell
         total = n_cells.sum()
         sums, sumsq = mean * n, var * np.maximum(n - 1, 0) + mean * mean * n
@@ -267,14 +214,8 @@ def rank_genes_groups(
                 n_rest - 1)
         nnz_rest = nnz.sum(0) - nnz
     else:
-        for g in range(n_groups):
-            ref_of[g * n_s : (g + 1) * n_s] = ref * n_s + np.arange(n_s)
         r = np.maximum(ref_of, 0)
         n_rest, mean_rest, var_rest, nnz_rest = n[r], mean[r], var[r], nnz[r]
-    if method == "wilcoxon":
-        gnnz = x.coords.get(f"{x.dims[1]}_nnz")
-        sums_r, ties = _wilcoxon(m, labels, n_cells, ref_of, ref < 0,
-                                 None if gnnz is None else np.asarray(gnnz.values))
     names = np.asarray(np.asarray(x[x.dims[1]].values).astype(str), dtype=object)
     tested = [str(g) for i, g in enumerate(order) if i != ref]  # scanpy's: names as str
     rows = [(g - (g > ref >= 0), k, g * n_s + k) for g in range(n_groups) if g != ref
@@ -336,7 +277,8 @@ def _scores(lab: np.ndarray, top: np.ndarray, out: dict[str, np.ndarray], *, met
 
     n1, n2 = n_cells[lab, None], n_rest[lab]
     if method == "wilcoxon":
-        assert sums is not None and ties is not None
+        assert sums is not None
+        assert ties is not None
         scores = _wilcoxon_scores(sums[lab], ties[0][None] if rest else ties[lab], n1, n2,
                                   tie_correct)
         pvals = 2 * special.ndtr(-np.abs(scores))  # scipy's norm.sf
