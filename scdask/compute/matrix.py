@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from scdask.compute.array import ScdaskArray
-from scdask.compute.blocks import block_fill, entries, runs_to_coo
+from scdask.compute.blocks import batches, block_fill, entries, runs_to_coo
 from scdask.compute.expr import Expr
 from scdask.compute.selection import Base, GroupSel
 
@@ -107,6 +107,18 @@ class Matrix:
         """:meth:`entries` and the value of the implicit entries of each gene (float64,
         one per gene; a ValueError when it differs from cell to cell, as with a per-cell
         operand: then no per-gene value describes the rest)."""
+        spec, sel, unique, inverse, cells, gene_ops, row = self._block(sel, genes)
+        return entries(spec, sel, unique, inverse, cells, gene_ops, True, native=True), row
+
+    def batches_and_fill(self, sel: GroupSel, genes: slice | None = None
+                         ) -> tuple[Any, np.ndarray]:
+        """:meth:`entries_and_fill` a batch of genes at a time, as evaluated (no copy of
+        the row group's entries joined): ``(j0, j1, starts, ends, values, rows)`` for
+        genes ``j0:j1``, ``starts`` and ``ends`` indexing the batch's values and rows."""
+        spec, sel, unique, inverse, cells, gene_ops, row = self._block(sel, genes)
+        return batches(spec, sel, unique, inverse, cells, gene_ops, True, native=True), row
+
+    def _block(self, sel: GroupSel, genes: slice | None) -> tuple[Any, ...]:
         spec = self.array.spec
         cells, gene_ops = self.operands
         cells = [c[sel.first : sel.first + sel.count] for c in cells]
@@ -121,7 +133,7 @@ class Matrix:
                 f"{sel.part.store.url}: row group {sel.group}: {spec.expr} gives the implicit "
                 "zeros values that differ from cell to cell; this needs a value per gene")
         row = np.broadcast_to(fill.table[0], (len(inverse),)).astype(np.float64)
-        return entries(spec, sel, unique, inverse, cells, gene_ops, True, native=True), row
+        return spec, sel, unique, inverse, cells, gene_ops, row
 
     @property
     def genes(self) -> np.ndarray:

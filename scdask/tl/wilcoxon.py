@@ -1,11 +1,11 @@
 """Exact Wilcoxon rank sums for :func:`scdask.tl.rank_genes_groups`, out of core.
 
 A task takes a block of genes (sized by the stored per-gene non-zero counts) and reads the
-block's entries in every row group once: each entry becomes a 64-bit key (its float32
-value's bits over its label), bucketed by gene and radix-sorted per gene; one walk per gene
-ranks the runs of ties (the implicit zeros one run, its size known from the cell counts),
-so no rank is materialized per cell. The same walk sums each label's values and squares:
-the test needs no other pass over the store.
+block's entries in every row group once, as 64-bit keys (a code that sorts as the value,
+over the cell's label) bucketed by gene and radix-sorted per gene; one walk per gene ranks
+the runs of ties (the implicit zeros one run, its size known from the cell counts), so no
+rank is materialized per cell (:mod:`scdask.tl.ranking`). The same visit sums each label's
+values and squares: the test needs no other pass over the store.
 
 Measured on a 200,000-cell plate (every drug against the control, log-normalized): a
 binary search of each entry among the reference's sorted values (the reference's values
@@ -21,9 +21,8 @@ import dask
 import numpy as np
 
 from scdask.compute import Matrix
-from scdask.compute.blocks import take_runs
 from scdask.parallel import release_memory
-from scdask.tl import kernels
+from scdask.tl import ranking
 
 #: Stored entries gathered for one block of genes (~6-10 bytes each, held once);
 #: ``dask.config.set({"scdask.rank-entries": ...})`` sets it. Smaller blocks hold less but
@@ -34,13 +33,15 @@ WILCOXON_ENTRIES = 8_000_000
 LABEL_BYTES = 64 << 20
 
 
-def _runs(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int
-          ) -> list[tuple[np.ndarray, ...]]:
-    """Each row group's entries of genes ``lo:hi``, ``(starts, ends, values, rows,
-    label of each stored row)``; small integers as float32 (exact)."""
-    runs = []
+def _batches(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int
+             ) -> tuple[list[tuple[Any, ...]], np.ndarray]:
+    """Every row group's entries of genes ``lo:hi`` in batches ``(j0, j1, starts, ends,
+    values, rows, label of each stored row of the group)`` (small integers as float32:
+    exact), and each gene's entries of labelled cells."""
+    out = []
+    counts = np.zeros(hi - lo, np.int64)
     for sel in sels:
-        (starts, ends, vals, rows), fill = m.entries_and_fill(sel, slice(lo, hi))
+        parts, fill = m.batches_and_fill(sel, slice(lo, hi))
         if np.any(fill != 0):
             raise ValueError(f"{sel.part.store.url}: row group {sel.group}: {m.expr} makes the "
                              "implicit zeros other values, not zeros; rank the values before that "
@@ -48,62 +49,65 @@ def _runs(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int
         lab = np.full(sel.n_rows, -1, np.int32)
         lab[np.arange(sel.n_rows) if sel.local is None else sel.local] = codes[
             sel.first : sel.first + sel.count]
-        if vals.dtype.kind in "iub" and vals.dtype.itemsize <= 2:
-            vals = vals.astype(np.float32)
-        runs.append((starts, ends, vals, rows, lab))
-    return runs
+        for j0, j1, starts, ends, vals, rows in parts:
+            if vals.dtype.kind in "iub" and vals.dtype.itemsize <= 2:
+                vals = vals.astype(np.float32)
+            ranking.count_labelled(starts, ends, rows, lab, counts[j0:j1])
+            out.append((j0, j1, starts, ends, vals, rows, lab))
+    return out, counts
+
+
+def _coder(batches: list[tuple[Any, ...]]) -> Any:
+    """A function of a batch's values to their codes (:func:`ranking.sortable32`): of
+    float32 values their bits; of others (float64, wide integers) their rank among the
+    block's distinct values, counted from zero's."""
+    if all(b[4].dtype == np.float32 for b in batches):
+        def bits(v: np.ndarray) -> np.ndarray:
+            out = np.empty(len(v), np.uint32)
+            ranking.sortable32(v, out)
+            return out
+        return bits
+    every = np.concatenate([np.asarray(b[4], np.float64) for b in batches] + [np.zeros(1)])
+    distinct = np.unique(every[~np.isnan(every)])
+    zero = np.searchsorted(distinct, 0.0)
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, np.float64)
+        nan = np.isnan(v)
+        code = ranking.ZERO + np.searchsorted(distinct, np.where(nan, 0.0, v)) - zero
+        return np.where(nan, ranking.NAN, code).astype(np.uint32)
+    return ranks
 
 
 def _ranked(m: Matrix, sels: list[Any], codes: np.ndarray, lo: int, hi: int,
             n_cells: np.ndarray, ref_of: np.ndarray, rest: bool
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Genes ``lo:hi``: rank sums and ties ``(labels, genes)`` from every entry ranked, and
-    the moments as :func:`_versus_reference`'s."""
-    runs = _runs(m, sels, codes, lo, hi)
-    if any(r[2].dtype != np.float32 for r in runs):
-        return _sorted(runs, hi - lo, n_cells, ref_of, rest)
-    counts = np.zeros(hi - lo, np.int64)
-    for starts, ends, _, rows, lab in runs:
-        kernels.count_labelled(starts, ends, rows, lab, counts)
+    """Genes ``lo:hi``: rank sums and ties ``(labels, genes)`` (see :func:`rank_sums`) and
+    each label's moments ``(5, labels, genes)``."""
+    batches, counts = _batches(m, sels, codes, lo, hi)
+    return ranked(batches, counts, n_cells, ref_of, rest)
+
+
+def ranked(batches: list[tuple[Any, ...]], counts: np.ndarray, n_cells: np.ndarray,
+           ref_of: np.ndarray, rest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_ranked` of :func:`_batches`' entries (emptied as they become keys)."""
+    n_genes, n_labels = len(counts), len(n_cells)
+    code = _coder(batches)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     keys = np.empty(int(offsets[-1]), np.uint64)
     nxt = offsets[:-1].copy()
-    while runs:  # each row group's entries go once they are keys
-        kernels.scatter_keys32(*runs.pop(0), nxt, keys)
-    kernels.radix_sort_segments(keys, offsets)
-    val, lab = kernels.unpack_keys32(keys)
-    del keys
-    out = _rank(offsets, val, lab, n_cells, ref_of, rest)
-    del val, lab
-    release_memory()  # the block's entries go back to the OS, not to a growing heap
-    return out
-
-
-def _rank(offsets: np.ndarray, vals: np.ndarray, labels: np.ndarray, n_cells: np.ndarray,
-          ref_of: np.ndarray, rest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n_genes, n_labels = len(offsets) - 1, len(n_cells)
-    sums, ties = np.zeros((n_labels, n_genes)), np.zeros((n_labels, n_genes))
     stats = np.zeros((n_genes, 5, n_labels))  # one gene's labels adjacent in memory
-    kernels.rank_sums(offsets, vals, labels, n_cells.astype(np.float64), ref_of, rest, sums,
-                      ties, stats)
+    while batches:  # each batch's entries go once they are keys
+        j0, j1, starts, ends, vals, rows, lab = batches.pop(0)
+        ranking.scatter_keys(starts, ends, vals, code(vals), rows, lab, nxt[j0:j1], keys,
+                             stats[j0:j1])
+    ranking.radix_sort_segments(keys, offsets)
+    sums, ties = np.zeros((n_labels, n_genes)), np.zeros((n_labels, n_genes))
+    ranking.rank_sums(offsets, keys, n_cells.astype(np.float64), ref_of, rest,
+                      np.ascontiguousarray(stats[:, 0]), sums, ties)
+    del keys
+    release_memory()  # the block's entries go back to the OS, not to a growing heap
     return sums, ties, np.ascontiguousarray(stats.transpose(1, 2, 0))
-
-
-def _sorted(runs: list[tuple[np.ndarray, ...]], n_genes: int, n_cells: np.ndarray,
-            ref_of: np.ndarray, rest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_ranked` for values of another dtype: per gene, a stable sort by value."""
-    genes, vals, labs = [], [], []
-    for starts, ends, v, rows, lab in runs:
-        gene = np.repeat(np.arange(n_genes, dtype=np.int32), ends - starts)
-        take = take_runs(starts, ends)
-        lb = lab[rows[take]]
-        keep = lb >= 0
-        genes.append(gene[keep])
-        vals.append(np.asarray(v)[take][keep])
-        labs.append(lb[keep])
-    offsets, val, lab = kernels.sort_by_gene_value(np.concatenate(genes), np.concatenate(vals),
-                                                   np.concatenate(labs), n_genes)
-    return _rank(offsets, val, lab, n_cells, ref_of, rest)
 
 
 def rank_sums(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndarray,
