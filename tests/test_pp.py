@@ -6,9 +6,11 @@ import anndata
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scdask
-from scdask.compute import ScdaskArray
+from scdask.compute import ScdaskArray, as_matrix
 
 sc = pytest.importorskip("scanpy")
 
@@ -205,7 +207,7 @@ def _qc_pair(ds, a, qc_vars, percent_top):
     return got, want
 
 
-def test_qc_metrics_are_scanpys(ds, tiny_plate):
+def test_qc_metrics_are_scanpys(ds, tiny_plate, monkeypatch):
     """obs and var metrics equal to scanpy's, columns and dtypes too, from one pass."""
     import pandas as pd
 
@@ -222,6 +224,16 @@ def test_qc_metrics_are_scanpys(ds, tiny_plate):
                                       check_dtype=not SCANPY_112)
     with pytest.raises(IndexError, match="outside range"):
         scdask.pp.calculate_qc_metrics(ds, percent_top=[a.n_vars + 1])
+    # without percent_top the stored statistics answer: the same as a pass over the entries
+    from scdask.pp import qc
+
+    stored = scdask.pp.calculate_qc_metrics(mt, qc_vars=["mt", "odd"], percent_top=None)
+    assert qc._stored(as_matrix(mt, "X", caller="t"), None, np.ones((1, a.n_vars), bool))
+    monkeypatch.setattr(qc, "_stored", lambda *args: None)
+    passed = scdask.pp.calculate_qc_metrics(mt, qc_vars=["mt", "odd"], percent_top=None)
+    for got, want in zip(stored, passed, strict=True):
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12)
+    monkeypatch.undo()
     # a selection: some cells, some genes
     sub = mt.isel(cell=slice(100, 900), gene=slice(0, 600))
     (go, gv), (wo, wv) = _qc_pair(sub, a[100:900, :600].copy(), ["mt"], (5, 50))
@@ -252,3 +264,28 @@ def test_shared_files_qc_metrics_are_scanpys(path, tmp_path):
                                   check_index_type=False)
     pd.testing.assert_frame_equal(gv, wv, check_exact=False, rtol=1e-5, check_dtype=False,
                                   check_index_type=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.lists(st.integers(1, 300), max_size=400),
+       others=st.lists(st.floats(0.0625, 1e4, width=32), max_size=100),
+       ns=st.lists(st.integers(1, 500), min_size=1, max_size=4, unique=True))
+def test_top_sums_are_numpys(counts, others, ns):
+    """Each cell's sums of its largest values: counted (whole numbers under 256 in a
+    histogram, few others) or selected, both numpy's sums of the sorted values."""
+    from scdask.pp import kernels
+
+    x = np.array(counts + others, np.float32)
+    np.random.default_rng(len(x)).shuffle(x)
+    ns_ = np.sort(np.array(ns, np.int64))
+    want = [np.sort(x.astype(np.float64))[::-1][:n].sum() for n in ns_]
+    hist = np.zeros(kernels.COUNTED, np.int64)
+    got = np.full(len(ns_), np.nan)
+    counted = kernels._top_sums_counted(x.copy(), 0, len(x), ns_, hist, got)
+    assert counted == (sum(not (v < 256 and v == int(v)) for v in x) <= kernels.OTHERS)
+    assert not hist.any()  # left empty for the next cell
+    if counted:
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    got = np.full(len(ns_), np.nan)
+    kernels._top_sums_selected(x.copy(), 0, len(x), ns_, got)
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -37,6 +37,78 @@ def _select(x, lo, hi, k):  # pragma: no cover - compiled
             return
 
 
+#: Values counted in a histogram for the top values' sums: whole numbers below this.
+COUNTED = 256
+#: Other values (not whole numbers below :data:`COUNTED`) a cell may have for the
+#: histogram to be used; more, and the top values are selected instead.
+OTHERS = 64
+
+
+@jit(nogil=True)
+def _top_sums_counted(x, lo, hi, ns, hist, out):  # pragma: no cover - compiled
+    """The sums of the ``ns`` (ascending) largest of ``x[lo:hi]`` into ``out`` when nearly
+    all are whole numbers under :data:`COUNTED` (counts): a histogram of those, the few
+    others sorted, then one walk down from the largest. Returns False (``out`` untouched)
+    when more than :data:`OTHERS` values are not such numbers."""
+    n_other = 0
+    for q in range(lo, hi):  # the other values gather at the front (order kept no matter)
+        v = x[q]
+        if not (v >= 0 and v < COUNTED and v == np.floor(v)):
+            if n_other == OTHERS:
+                for q2 in range(lo, q):  # undo the counts so far
+                    w = x[q2]
+                    if w >= 0 and w < COUNTED and w == np.floor(w):
+                        hist[np.int64(w)] -= 1
+                return False
+            x[q], x[lo + n_other] = x[lo + n_other], v
+            n_other += 1
+        else:
+            hist[np.int64(v)] += 1
+    others = np.sort(x[lo : lo + n_other])  # ascending: walked from its end
+    o = n_other - 1
+    b = COUNTED - 1
+    taken = 0
+    total = 0.0
+    t = 0
+    n_top = ns.shape[0]
+    while t < n_top:
+        if taken == ns[t] or (o < 0 and b < 0):
+            out[t] = total
+            t += 1
+            continue
+        while b >= 0 and hist[b] == 0:
+            b -= 1
+        if o >= 0 and (b < 0 or np.float64(others[o]) >= b):
+            total += np.float64(others[o])
+            o -= 1
+            taken += 1
+        else:  # as many of value b as the next n still takes
+            c = min(hist[b], ns[t] - taken)
+            total += c * np.float64(b)
+            taken += c
+            hist[b] -= c
+    hist[:] = 0
+    return True
+
+
+@jit(nogil=True)
+def _top_sums_selected(x, lo, hi, ns, out):  # pragma: no cover - compiled
+    """The sums of the ``ns`` (ascending) largest of ``x[lo:hi]`` into ``out``: the largest
+    n first, each a selection in place within the previous top (linear time)."""
+    total = 0.0
+    for q in range(lo, hi):
+        total += np.float64(x[q])
+    for t in range(ns.shape[0] - 1, -1, -1):
+        n = ns[t]
+        if hi - lo > n:
+            _select(x, lo, hi, hi - n)
+            lo = hi - n
+            total = 0.0
+            for q in range(lo, hi):
+                total += np.float64(x[q])
+        out[t] = total
+
+
 @jit(nogil=True)
 def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no cover
     """QC statistics of one row group.
@@ -77,6 +149,7 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
     count = np.zeros(CELL_BLOCK + 1, dtype=np.int64)
     nxt = np.zeros(CELL_BLOCK, dtype=np.int64)
     by_cell = np.empty(0, dtype=vals.dtype)  # values as stored: a block's stay in cache
+    hist = np.zeros(COUNTED, dtype=np.int64)
     for r0 in range(0, n_rows, CELL_BLOCK):
         r1 = min(r0 + CELL_BLOCK, n_rows)
         count[:] = 0
@@ -100,18 +173,8 @@ def qc_row_group(starts, ends, vals, rows, keep, gene_sets, ns):  # pragma: no c
                     by_cell[nxt[i]] = v
                     nxt[i] += 1
             pos[j] = stop[j]
-        for i in range(r1 - r0):  # the top n values' sum, largest n first: each a selection
-            lo, hi = count[i], count[i + 1]  # in place within the previous top (linear time)
-            total = 0.0
-            for q in range(lo, hi):
-                total += np.float64(by_cell[q])
-            for t in range(n_top - 1, -1, -1):
-                n = ns[t]
-                if hi - lo > n:
-                    lo = hi - n
-                    _select(by_cell, count[i], hi, lo)
-                    total = 0.0
-                    for q in range(lo, hi):
-                        total += np.float64(by_cell[q])
-                cells[3 + n_sets + t, r0 + i] = total
+        for i in range(r1 - r0):
+            out = cells[3 + n_sets :, r0 + i]
+            if not _top_sums_counted(by_cell, count[i], count[i + 1], ns, hist, out):
+                _top_sums_selected(by_cell, count[i], count[i + 1], ns, out)
     return cells, genes

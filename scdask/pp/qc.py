@@ -4,6 +4,8 @@ One task per row group reads its entries once (:meth:`scdask.compute.Matrix.entr
 computes, in a compiled kernel (:mod:`scdask.pp.kernels`), every per-cell metric — the
 non-zero count, total, totals of the ``qc_vars`` gene sets and the sums of each cell's top
 values — and the per-gene totals and non-zero counts, summed over row groups in a tree.
+Without ``percent_top``, a whole store's metrics are its stored per-cell and per-gene
+statistics, and the gene sets' totals read only their genes.
 """
 
 from __future__ import annotations
@@ -77,16 +79,11 @@ def calculate_qc_metrics(
     ns = np.sort(np.asarray(list(percent_top or ()), dtype=np.int64))
     if len(ns) and not (ns.max() <= m.base.n_sel_genes and ns.min() > 0):
         raise IndexError("Positions outside range of features.")
-    m.operands  # noqa: B018 - lazy operands computed once, before the tasks
-    task = dask.delayed(partial(_row_group, m), pure=True, nout=2)
-    outs = [task(sel, gene_sets, ns) for sel in m.base.groups]
-    if not outs:
-        cells = np.zeros((3 + len(qc_vars) + len(ns), 0))
-        genes = np.zeros((2, m.base.n_sel_genes))
-    else:  # per cell: every group's, in order; per gene: a tree of sums
-        parts, genes = dask.compute([c for c, _ in outs], tree_sum([g for _, g in outs]))
-        cells = np.concatenate(parts, axis=1)
-        genes = genes[0]
+    stored = _stored(m, layer, gene_sets) if not len(ns) else None
+    if stored is not None:
+        cells, genes = stored
+    else:
+        cells, genes = _one_pass(m, gene_sets, ns)
     dtype = _sum_dtype(x.dtype)
     part = m.base.parts[0]
     obs = pd.DataFrame(index=pd.Index(np.asarray(x["cell"].values),
@@ -120,6 +117,43 @@ def calculate_qc_metrics(
     if log1p:
         var[f"log1p_{total}"] = np.log1p(var[total])
     return obs, var
+
+
+def _one_pass(m: Matrix, gene_sets: np.ndarray, ns: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Every metric from one read of the entries: a task per row group."""
+    m.operands  # noqa: B018 - lazy operands computed once, before the tasks
+    task = dask.delayed(partial(_row_group, m), pure=True, nout=2)
+    outs = [task(sel, gene_sets, ns) for sel in m.base.groups]
+    if not outs:
+        return np.zeros((3 + len(gene_sets) + len(ns), 0)), np.zeros((2, m.base.n_sel_genes))
+    # per cell: every group's, in order; per gene: a tree of sums
+    parts, genes = dask.compute([c for c, _ in outs], tree_sum([g for _, g in outs]))
+    return np.concatenate(parts, axis=1), genes[0]
+
+
+def _stored(m: Matrix, layer: str | None, gene_sets: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The metrics from the statistics stored at conversion (``cell_sum``, ``cell_nnz``,
+    ``gene_sum``, ``gene_nnz``: non-zero values, as the pass counts them) when they
+    describe the matrix asked: ``X`` as stored, every gene (for the cells' metrics) and
+    every cell (for the genes'); the gene sets' totals from their genes alone. None
+    otherwise."""
+    x, b = m.data, m.base
+    gene_dim = x.dims[1]
+    names = ("cell_sum", "cell_nnz", f"{gene_dim}_sum", f"{gene_dim}_nnz")
+    if (layer not in (None, "X") or not m.expr.is_identity or b.genes is not None
+            or b.cells is not None or not all(n in x.coords for n in names)
+            or any(p.matrix != "X" for p in b.parts)):
+        return None
+    sets = [x.isel({gene_dim: np.flatnonzero(g)}).sum(gene_dim) for g in gene_sets if g.any()]
+    c_sum, c_nnz, g_sum, g_nnz, *totals = dask.compute(*(x.coords[n].data for n in names),
+                                                        *(t.data for t in sets))
+    cells = np.zeros((3 + len(gene_sets), b.n_sel_cells))
+    cells[0], cells[1] = c_nnz, c_sum
+    for q in np.flatnonzero(gene_sets.any(axis=1)):
+        cells[3 + q] = totals.pop(0)
+    return cells, np.stack([np.asarray(g_sum, np.float64), np.asarray(g_nnz, np.float64)])
 
 
 def _sum_dtype(dtype: Any) -> np.dtype:
