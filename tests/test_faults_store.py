@@ -148,6 +148,19 @@ def test_damaged_parquet_page_is_an_error(store, name):
     assert not verify(str(store)).ok
 
 
+def test_obs_of_other_cells_is_an_error(store):
+    """An obs table whose rows or row groups are not the matrix's: an error naming it, not
+    columns of other cells."""
+    import pyarrow.parquet as pq
+
+    path = store / "obs.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - 1), path, row_group_size=7)
+    ds = scdask.open(store)
+    with pytest.raises(FormatError, match="obs.parquet has .* rows"):
+        np.asarray(ds.drug.values)
+
+
 def test_damaged_uns_is_an_error(store):
     path = store / "uns.json"
     if not path.exists():

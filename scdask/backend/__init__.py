@@ -181,7 +181,18 @@ def _parquet(store: Store, relpath: str) -> Any:
     key = (store.url, store.attrs.get("uuid"), relpath)
     pf = files.pop(key, None)
     if pf is None:
-        pf = pq.ParquetFile(store.loc.open(relpath, "rb"), page_checksum_verification=True)
+        import pyarrow as pa
+
+        loc = store.loc  # a local file read natively: fsspec's Python file holds the GIL
+        src = pa.OSFile(loc.check_inside(relpath)) if loc.is_local else loc.open(relpath, "rb")
+        pf = pq.ParquetFile(src, page_checksum_verification=True)
+        meta = pf.metadata
+        if relpath == OBS_FILE and (meta.num_row_groups != store.n_groups
+                                    or meta.num_rows != store.n_obs):
+            pf.close()
+            raise FormatError(f"{store.url}: {OBS_FILE} has {meta.num_rows} rows in "
+                              f"{meta.num_row_groups} row groups, the matrix {store.n_obs} "
+                              f"in {store.n_groups}")
         while len(files) >= _PARQUET_FILES:
             files.pop(next(iter(files))).close()
     files[key] = pf  # most recently used last
@@ -193,11 +204,7 @@ def read_obs_chunk(store: Store, group: int, column: str, dtype: np.dtype) -> np
     import pyarrow as pa
 
     store.check_current()
-    pf = _parquet(store, OBS_FILE)
-    if pf.metadata.num_row_groups != store.n_groups or pf.metadata.num_rows != store.n_obs:
-        raise FormatError(f"{store.url}: {OBS_FILE} has {pf.metadata.num_rows} rows in "
-                          f"{pf.metadata.num_row_groups} row groups, the matrix {store.n_obs} "
-                          f"in {store.n_groups}")
+    pf = _parquet(store, OBS_FILE)  # its row groups checked against the matrix's
     try:
         s = pf.read_row_group(group, columns=[column]).column(0).to_pandas()
     except (OSError, pa.ArrowException) as e:
@@ -241,17 +248,27 @@ class CellColumn(BackendArray):
         return self._range(start, stop)[::step]
 
     def _range(self, start: int, stop: int) -> np.ndarray:
-        pieces = [np.zeros(0, self.dtype)]
+        """Cells ``start:stop``, read a row group at a time (several at once) straight into
+        the result: at 100M cells an object column is 0.8 GB, held once."""
+        out = np.empty(max(stop - start, 0), self.dtype)
+        jobs = []
         for st, off in zip(self.stores, self.offsets[:-1], strict=True):
             a, b = max(start - off, 0), min(stop - off, st.n_obs)
-            if a >= b:
-                continue
+            if a < b:
+                jobs.append((st, a, b, off))
+
+        def fill(job: tuple[Any, ...]) -> None:  # a store's row groups, in one thread
+            st, a, b, off = job
             R = st.row_group_size
             for g in range(a // R, (b - 1) // R + 1):
                 lo, _ = st.group_rows(g)
-                chunk = self.fn(st, g, *self.args)
-                pieces.append(chunk[max(a - lo, 0) : b - lo])
-        return np.concatenate(pieces).astype(self.dtype, copy=False)
+                piece = self.fn(st, g, *self.args)[max(a - lo, 0) : b - lo]
+                at = off + max(a, lo) - start
+                out[at : at + len(piece)] = piece
+
+        for _ in concurrently(fill, jobs, window=4):
+            pass
+        return out
 
 
 def _lazy_cells(stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: np.dtype) -> Any:
