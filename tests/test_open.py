@@ -314,7 +314,15 @@ def test_duplicated_gene_names(tmp_path):
 
 
 def test_pseudobulk_matches_numpy(ds, ref):
+    import warnings
+
     a, X = ref
+    with warnings.catch_warnings():  # groups of one cell: their var NaN, no warning
+        warnings.simplefilter("error", RuntimeWarning)
+        few = scdask.pseudobulk(ds.isel(cell=slice(0, 30)), ["drug", "cell_line"]).compute()
+    one = few.n_cells.values == 1
+    assert one.any() and np.isnan(few["var"].values[one]).all()
+    assert not np.isnan(few["var"].values[~one]).any()
     pb = scdask.pseudobulk(ds, ["drug", "cell_line"]).compute()
     obs = a.obs.astype(str)
     groups = obs.groupby(["drug", "cell_line"]).indices

@@ -69,7 +69,8 @@ def pseudobulk(
     xarray.Dataset
         Dimensions ``group`` and the matrix's gene dimension; variables ``sum``,
         ``mean``, ``count_nonzero`` and ``var`` as lazy Dask arrays (float64;
-        zeros count as values, as in scanpy); coordinates: the ``by`` columns and
+        zeros count as values, as in scanpy; ``var`` is NaN for a group of ``ddof`` cells
+        or fewer, without numpy's warning for each); coordinates: the ``by`` columns and
         ``n_cells`` along ``group``.
 
     Examples
@@ -99,7 +100,7 @@ def pseudobulk(
                           dtype=np.int64, meta=np.empty((0, 0), np.int64), spec=inp.spec,
                           n_labels=n_labels)
     n_cells = counts.sum(axis=0).compute()
-    stat = partial(labels.statistic, acc, skipna=True)
+    stat = partial(labels.statistic, acc, skipna=True, quiet=True)
     dims = ("group", gene_dim)
     out = xr.Dataset(
         {"sum": (dims, wrap(stat("sum"))), "mean": (dims, wrap(stat("mean"))),

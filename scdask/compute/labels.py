@@ -275,8 +275,16 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     return da.concatenate(out, axis=2)
 
 
-def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
-    """numpy's ``op`` over each label's cells, per gene, from an accumulator."""
+def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool,
+           quiet: bool = False) -> np.ndarray:
+    """numpy's ``op`` over each label's cells, per gene, from an accumulator (``quiet``:
+    without numpy's warnings for labels of too few cells)."""
+    if quiet:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return finish(acc, op, skipna, ddof, integer)
     if op == "count_nonzero":
         return acc[A_NNZ].astype(np.int64)
     p = np.empty((6, *acc.shape[1:]))
@@ -288,12 +296,13 @@ def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
 
 
 def statistic(acc: da.Array, op: str, *, skipna: bool = False, ddof: int = 0,
-              integer: bool = False) -> da.Array:
-    """``op`` per label and gene from :func:`accumulate`'s accumulators: ``(labels, genes)``."""
+              integer: bool = False, quiet: bool = False) -> da.Array:
+    """``op`` per label and gene from :func:`accumulate`'s accumulators: ``(labels, genes)``
+    (``quiet``: see :func:`finish`)."""
     dtype = np.dtype(np.int64 if op == "count_nonzero" or (integer and op in ("sum", "count"))
                      else np.float64)
     return acc.map_blocks(finish, op=op, skipna=skipna, ddof=ddof, integer=integer,
-                          drop_axis=0, dtype=dtype, meta=np.empty((0, 0), dtype))
+                          quiet=quiet, drop_axis=0, dtype=dtype, meta=np.empty((0, 0), dtype))
 
 
 def grouped(array: Any, codes: np.ndarray, n_labels: int, stats: Any) -> list[da.Array]:
