@@ -61,12 +61,12 @@ class _Block:
         per_cell = per_row[self.row_of >= 0].astype(np.float64)
         return bool(SPARSE_COST * (per_cell ** 2).sum() > self.shape[0] * self.shape[1] ** 2 / 2)
 
-    def tiles(self) -> Any:
+    def tiles(self, dtype: Any = np.float64) -> Any:
         """``(first cell, dense tile)`` of :data:`TILE_CELLS` cells at a time."""
         ascending = kernels.cells_ascending(self.starts, self.ends, self.rows, self.row_of)
         cursor = self.starts.astype(np.int64).copy()
         n, p = self.shape
-        out = np.empty((min(TILE_CELLS, n), p), order="F")  # BLAS's order, genes contiguous
+        out = np.empty((min(TILE_CELLS, n), p), dtype, order="F")  # BLAS's order
         for a in range(0, n, TILE_CELLS):
             b = min(a + TILE_CELLS, n)
             tile = out[: b - a]
@@ -85,9 +85,21 @@ def _gram(m: Matrix, sel: Any) -> np.ndarray:
         g = out[:, :-2]
         g[:] = 0.0
         sums = np.zeros(p)
-        for _, tile in d.tiles():  # numpy's tᵀt is BLAS's syrk, outside the GIL (scipy's holds it)
-            g += tile.T @ tile
-            sums += tile.sum(axis=0)
+        c = c64 = st = None
+        for _, tile in d.tiles(np.float32):
+            # float32 BLAS (twice float64's speed) on the values less the first tile's mean,
+            # so the products carry the spread, not the mean (no cancellation); the sum
+            # back in float64, once: Σ x xᵀ = Σ t tᵀ + (Σ t) cᵀ + c (Σ t)ᵀ + n c cᵀ
+            if c is None:
+                c = tile.mean(axis=0, dtype=np.float64).astype(np.float32)
+                c64, st = c.astype(np.float64), np.zeros(p)
+            t = tile - c  # numpy's tᵀt is BLAS's syrk, outside the GIL (scipy's holds it)
+            st += t.sum(axis=0, dtype=np.float64)
+            g += t.T @ t
+        if c is not None:
+            n_d = d.shape[0]
+            g += np.outer(st, c64) + np.outer(c64, st) + n_d * np.outer(c64, c64)
+            sums += st + n_d * c64
         out[:, -2] = sums
     else:
         s = d.sparse()
