@@ -70,6 +70,30 @@ def test_wilcoxon_is_scanpys_exactly(lognorm, theirs, reference, tie_correct):
     _compare(got, _scanpy(theirs, "cell_line", **kw), rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["wilcoxon", "t-test"])
+def test_every_drug_against_control_with_scanpys_options(lognorm, theirs, method):
+    """Every drug against the control, the best 20 genes by absolute score, Bonferroni's
+    correction, the fractions of cells: scanpy's table (the control's fractions are not
+    scanpy's columns against a reference group)."""
+    kw = dict(method=method, reference="DMSO_TF", n_genes=20, rankby_abs=True,
+              corr_method="bonferroni", pts=True)
+    got = scdask.tl.rank_genes_groups(lognorm, "drug", **kw)
+    want = _scanpy(theirs, "drug", **kw)
+    assert list(got.columns) == list(want.columns)
+    assert got["group"].dtype == want["group"].dtype
+    assert got.groupby("group", observed=True).size().eq(20).all()
+    for _, g in got.groupby("group", observed=True):
+        assert (np.diff(np.abs(g["scores"].to_numpy())) <= 0).all()
+    both = got.merge(want, on=["group", "names"])
+    assert len(both) > 0.95 * len(want)  # the same top genes (ties at the edge may differ)
+    # t-tests: scanpy squares float32 values in float32 (see below), which small p-values
+    # amplify
+    rtol = {"wilcoxon": 1e-12, "t-test": 1e-4}[method]
+    for c in ("scores", "pvals", "pvals_adj", "pct_nz_group"):
+        r = rtol if c in ("scores", "pct_nz_group") or method == "wilcoxon" else 2e-3
+        np.testing.assert_allclose(both[f"{c}_x"], both[f"{c}_y"], rtol=r, err_msg=c)
+
+
 @pytest.mark.parametrize("method", ["t-test", "t-test_overestim_var"])
 def test_t_tests_equal_scanpys(ds, lognorm, theirs, tiny_plate, method):
     # counts: exact; log-normalized float32 values: scanpy squares them in float32 before

@@ -147,9 +147,10 @@ def rank_genes_groups(
     -------
     pandas.DataFrame
         What ``scanpy.get.rank_genes_groups_df(adata, group=None)`` gives: ``group``
-        (categorical; left out for one group), ``names``, ``scores``, ``logfoldchanges``,
-        ``pvals``, ``pvals_adj`` and with ``pts`` the fractions, each group's genes best
-        score first; with ``within``, a column of that name after ``group``.
+        (categorical, or strings with ``pts`` as scanpy's; left out for one group),
+        ``names``, ``scores``, ``logfoldchanges``, ``pvals``, ``pvals_adj`` and with
+        ``pts`` the fractions, each group's genes best score first; with ``within``, a
+        column of that name after ``group``.
 
     Examples
     --------
@@ -253,8 +254,9 @@ def rank_genes_groups(
     with ThreadPoolExecutor(CORES) as pool:  # numpy and scipy's kernels release the GIL
         list(pool.map(fill, range(0, len(rows), step)))
     codes = np.array([r[:2] for r in rows], np.int64).reshape(-1, 2)
-    frame: dict[str, Any] = {"group": pd.Categorical.from_codes(np.repeat(codes[:, 0], ntop),
-                                                                categories=tested)}
+    group = pd.Categorical.from_codes(np.repeat(codes[:, 0], ntop), categories=tested)
+    # scanpy's table: the group categorical, but object once the fractions are merged in
+    frame: dict[str, Any] = {"group": np.asarray(group, object) if pts else group}
     if within is not None:
         frame[within] = pd.Index(strata).take(np.repeat(codes[:, 1], ntop))
     frame["names"] = names[top.reshape(-1)]
