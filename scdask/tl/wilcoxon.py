@@ -24,7 +24,8 @@ from scdask.compute import Matrix
 from scdask.parallel import release_memory
 from scdask.tl import ranking
 
-#: Stored entries gathered for one block of genes (~6-10 bytes each, held once);
+#: Stored entries gathered for one block of genes (~14 bytes each: the values and cell
+#: indices as read, then one key);
 #: ``dask.config.set({"scdask.rank-entries": ...})`` sets it. Smaller blocks hold less but
 #: decode each stored chunk for more blocks.
 WILCOXON_ENTRIES = 8_000_000
