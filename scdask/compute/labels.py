@@ -278,13 +278,8 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
 def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool,
            quiet: bool = False) -> np.ndarray:
     """numpy's ``op`` over each label's cells, per gene, from an accumulator (``quiet``:
-    without numpy's warnings for labels of too few cells)."""
-    if quiet:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return finish(acc, op, skipna, ddof, integer)
+    without numpy's warnings for labels of too few cells; not by filtering warnings, which
+    is not thread-safe)."""
     if op == "count_nonzero":
         return acc[A_NNZ].astype(np.int64)
     p = np.empty((6, *acc.shape[1:]))
@@ -292,7 +287,7 @@ def finish(acc: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool,
     p[N], p[SUM], p[MIN], p[MAX], p[NAN] = n, acc[A_SUM], acc[A_MIN], acc[A_MAX], acc[A_NAN]
     with np.errstate(invalid="ignore", divide="ignore"):
         p[M2] = np.maximum(acc[A_SQ] - acc[A_SUM] ** 2 / np.where(n > 0, n, 1), 0.0)
-    return finalize(p, op, skipna, ddof, integer)
+    return finalize(p, op, skipna, ddof, integer, warn=not quiet)
 
 
 def statistic(acc: da.Array, op: str, *, skipna: bool = False, ddof: int = 0,

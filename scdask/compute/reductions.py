@@ -227,8 +227,10 @@ def _stored_values(t: tuple[Any, ...]) -> bool:
     return zero[0] == "c" and zero[1] == 0
 
 
-def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> np.ndarray:
-    """The statistic ``op`` from partials; NaN where numpy would give NaN."""
+def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool,
+             warn: bool = True) -> np.ndarray:
+    """The statistic ``op`` from partials; NaN where numpy would give NaN (``warn``: with
+    numpy's warning where it gives one)."""
     n = p[N]
     with np.errstate(invalid="ignore", divide="ignore"):
         if op == "count":  # values that are not NaN
@@ -252,9 +254,9 @@ def finalize(p: np.ndarray, op: str, skipna: bool, ddof: int, integer: bool) -> 
     if not skipna:
         r = np.where(p[NAN] > 0, np.nan, r)
     counted = (p[NAN] == 0) | skipna  # no NaN made the result NaN
-    if op == "mean" and ((n == 0) & counted).any():
+    if warn and op == "mean" and ((n == 0) & counted).any():
         warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=2)
-    elif op in ("var", "std") and ((n - ddof <= 0) & counted).any():
+    elif warn and op in ("var", "std") and ((n - ddof <= 0) & counted).any():
         warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=2)
     if integer and op == "sum":
         # Partials accumulate in float64, exact while no partial sum can reach 2**53:
