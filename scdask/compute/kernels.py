@@ -239,10 +239,10 @@ def dense_partials(block: np.ndarray, axis: int) -> np.ndarray:
 
 
 @jit(nogil=True)
-def _add_value(acc, lab, v):  # pragma: no cover - compiled
-    """One stored value ``v`` of label ``lab`` into ``acc``'s rows: entries, NaN, and of the
-    others sum, sum of squares, non-zeros, min and max. Without branches: values in random
-    order mispredict a branch per comparison (3x slower)."""
+def add_moments(acc, lab, v):  # pragma: no cover - compiled
+    """One stored value ``v`` (float64) of label ``lab`` into ``acc``'s first five rows:
+    entries, NaN, and of the others sum, sum of squares, non-zeros. Without branches:
+    values in random order mispredict a branch per comparison (3x slower)."""
     nan = v != v
     w = 0.0 if nan else v
     acc[0, lab] += 1
@@ -250,6 +250,13 @@ def _add_value(acc, lab, v):  # pragma: no cover - compiled
     acc[2, lab] += w
     acc[3, lab] += w * w
     acc[4, lab] += w != 0
+
+
+@jit(nogil=True)
+def _add_value(acc, lab, v):  # pragma: no cover - compiled
+    """:func:`add_moments`, then rows 5 and 6: min and max (NaN left out)."""
+    add_moments(acc, lab, v)
+    nan = v != v
     acc[5, lab] = min(acc[5, lab], np.inf if nan else v)
     acc[6, lab] = max(acc[6, lab], -np.inf if nan else v)
 

@@ -68,19 +68,24 @@ def label_block(sels: np.ndarray, gpos: np.ndarray, codes: np.ndarray, *ops: Any
         if not dense:
             parts.append(_pairs(runs, lab, same, n_labels * fill.n_classes, combined, fill))
             continue
+        # [each row group's labels, classes, values at zero, statistics]
         last = parts[-1] if parts else None
-        if last is None or last[2] != fill.n_classes or not np.array_equal(
-                last[3], fill.table, equal_nan=True):
-            last = [[], [], fill.n_classes, fill.table,
+        if last is None or last[1] != fill.n_classes or not np.array_equal(
+                last[2], fill.table, equal_nan=True):
+            last = [[], fill.n_classes, fill.table,
                     _dense_empty(n_labels * fill.n_classes, len(inverse))]
             parts.append(last)
         for j0, j1, starts, ends, vals, rows in runs:
-            kernels.label_dense(starts, ends, vals, rows, lab, same, last[4][:, :, j0:j1])
+            kernels.label_dense(starts, ends, vals, rows, lab, same, last[3][:, :, j0:j1])
         last[0].append(combined)
     if dense:
-        parts = [(*np.unique(np.concatenate(c)[np.concatenate(c) >= 0], return_counts=True),
-                  n, t, st) for c, _, n, t, st in parts]
+        parts = [(*_present(np.concatenate(c)), n, t, st) for c, n, t, st in parts]
     return parts or None
+
+
+def _present(combined: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels × classes present (``>= 0``) and the cells of each."""
+    return np.unique(combined[combined >= 0], return_counts=True)
 
 
 def _labels(sel: Any, fill: Any, codes: np.ndarray, drop_masked: bool
@@ -109,30 +114,27 @@ def _pairs(runs: Any, lab: np.ndarray, same: int, n_labels: int, combined: np.nd
         st.append(t)
     pairs = ((cl[0], gene[0], st[0]) if len(cl) == 1 else
              (np.concatenate(cl), np.concatenate(gene), np.concatenate(st, axis=1)))
-    present, counts = np.unique(combined[combined >= 0], return_counts=True)
-    return present, counts, fill.n_classes, fill.table, pairs
+    return *_present(combined), fill.n_classes, fill.table, pairs
 
 
 def _dense_empty(n_labels: int, n_genes: int) -> np.ndarray:
     """:func:`kernels.label_dense`'s statistics of nothing."""
-    out = dense_stats(7, n_labels, n_genes, fill=0.0)
+    out = dense_stats(7, n_labels, n_genes)
     out[5] = np.inf
     out[6] = -np.inf
     return out
 
 
-def dense_stats(rows: int, n_labels: int, n_genes: int, fill: float | None = None
-                ) -> np.ndarray:
-    """An uninitialized (or ``fill``-ed) ``(rows, labels, genes)`` array laid out gene-major
-    (labels adjacent): the kernels add one gene's values of every label, and accumulators
-    of one layout add up contiguously."""
-    out = (np.empty if fill is None else np.zeros)((rows, n_genes, n_labels))
-    return out.transpose(0, 2, 1)
+def dense_stats(rows: int, n_labels: int, n_genes: int) -> np.ndarray:
+    """A ``(rows, labels, genes)`` array of zeros laid out gene-major (labels adjacent): the
+    kernels add one gene's values of every label, and accumulators of one layout add up
+    contiguously."""
+    return np.zeros((rows, n_genes, n_labels)).transpose(0, 2, 1)
 
 
 def empty_acc(n_labels: int, n_genes: int) -> np.ndarray:
     """The accumulator of nothing: zero counts, ``min = +inf``, ``max = -inf``."""
-    out = dense_stats(len(ACC), n_labels, n_genes, fill=0.0)
+    out = dense_stats(len(ACC), n_labels, n_genes)
     out[A_MIN] = np.inf
     out[A_MAX] = -np.inf
     return out

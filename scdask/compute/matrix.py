@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from scdask.compute.array import ScdaskArray
-from scdask.compute.blocks import batches, block_fill, entries, runs_to_coo
+from scdask.compute.blocks import batches, block_fill, entries
 from scdask.compute.expr import Expr
 from scdask.compute.selection import Base, GroupSel
 
@@ -93,14 +93,6 @@ class Matrix:
                 f"zeros {np.unique(fill)[:3].tolist()}, not zeros; the sparse values "
                 "cannot hold that (keep zeros zero: e.g. scale with zero_center=False)")
         return out
-
-    def coo(self, sel: GroupSel, genes: slice | None = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One row group's stored entries as ``(cell, gene, value)`` (cell: position among
-        the row group's selected cells, gene: among the selected genes, gene-major order)
-        and each gene's value at zero (see :meth:`entries_and_fill`)."""
-        runs, fill = self.entries_and_fill(sel, genes)
-        return (*runs_to_coo(sel, *runs), fill)
 
     def entries_and_fill(self, sel: GroupSel, genes: slice | None = None
                          ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

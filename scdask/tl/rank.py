@@ -5,8 +5,8 @@ Every group against the rest (or one reference group) in one streaming pass per 
 - t-tests from per-group means and variances: one labelled pass over the store
   (:func:`scdask.compute.grouped`), the rest's moments from the totals;
 - Wilcoxon rank-sum tests, exact, from the stored entries of a block of genes at a time
-  (:mod:`scdask.tl.wilcoxon`); against a reference group that pass also sums each
-  group's values, so it is the only pass.
+  (:mod:`scdask.tl.wilcoxon`); that pass also sums each group's values, so it is the only
+  pass.
 """
 
 from __future__ import annotations

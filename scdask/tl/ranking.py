@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from scdask._jit import jit
+from scdask.compute.kernels import add_moments
 
 #: The code of zero (of 0.0 and -0.0 alike) and of NaN.
 ZERO, NAN = 0x80000000, 0xFFFFFFFF
@@ -50,8 +51,8 @@ def count_labelled(starts, ends, rows, labels, counts):  # pragma: no cover - co
 @jit(nogil=True)
 def scatter_keys(starts, ends, vals, codes, rows, labels, nxt, keys, stats):  # pragma: no cover
     """Each labelled entry of run (gene) ``j`` as a key (its code over its label) at
-    ``keys[nxt[j]]``, then ``nxt[j]`` moves on; its value adds to ``stats[j, :, label]``:
-    entries, NaN, sum, sum of squares and non-zeros (NaN only to the first two)."""
+    ``keys[nxt[j]]``, then ``nxt[j]`` moves on; its value adds to ``stats[j, :, label]``
+    (:func:`~scdask.compute.kernels.add_moments`)."""
     for j in range(starts.shape[0]):
         p = nxt[j]
         st = stats[j]
@@ -61,14 +62,7 @@ def scatter_keys(starts, ends, vals, codes, rows, labels, nxt, keys, stats):  # 
                 continue
             keys[p] = (np.uint64(codes[k]) << np.uint64(32)) | np.uint64(lab)
             p += 1
-            v = np.float64(vals[k])
-            nan = v != v
-            w = 0.0 if nan else v
-            st[0, lab] += 1.0
-            st[1, lab] += nan
-            st[2, lab] += w
-            st[3, lab] += w * w
-            st[4, lab] += w != 0
+            add_moments(st, lab, np.float64(vals[k]))
         nxt[j] = p
 
 

@@ -158,7 +158,7 @@ def rank_sums(m: Matrix, codes: np.ndarray, n_cells: np.ndarray, ref_of: np.ndar
                            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo])
     n_labels = len(n_cells)
     sums = np.concatenate([p[0] for p in parts], axis=1) if parts else np.zeros((n_labels, 0))
-    moments = (np.concatenate([p[-1] for p in parts], axis=-1) if parts else
+    moments = (np.concatenate([p[2] for p in parts], axis=-1) if parts else
                np.zeros((5, n_labels, 0)))
     ties = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((n_labels, 0))
     return sums, ties, moments
