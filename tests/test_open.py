@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import anndata
 import dask
@@ -43,7 +44,7 @@ def test_opening_reads_no_cell_data(tiny_store, monkeypatch):
     calls = []
     import scdask.backend as backend
 
-    monkeypatch.setattr(backend, "read_obs_chunk", lambda *a: calls.append(a))
+    monkeypatch.setattr(backend.cells, "read_obs_chunk", lambda *a: calls.append(a))
     d = scdask.open(tiny_store)
     d.X.sel(gene="C1orf112").mean().compute()
     assert calls == []
@@ -429,3 +430,83 @@ print(json.dumps({{"answers": [float(count), float(mx), float(mean)],
     np.testing.assert_allclose(got["answers"], [np.count_nonzero(col), col.max(), col.mean()],
                                rtol=1e-12)
     assert got["loaded"] == [] and got["compiled"] == 0, got
+
+
+def test_categorical_obs_columns_are_codes(tmp_path):
+    """A categorical obs column is pandas' Categorical (a byte a cell): the categories as
+    recorded, several stores' in order of first appearance, values as anndata's."""
+    rng = np.random.default_rng(1)
+    X = sp.random(200, 10, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    genes = [f"g{i}" for i in range(10)]
+    one = pd.Categorical(rng.choice(["ctrl", "b", "a"], 200), categories=["ctrl", "b", "a"])
+    two = pd.Categorical(rng.choice(["z", "a", None], 200), categories=["z", "a"])
+    s1 = _plate(tmp_path / "c1.h5ad", X, genes, pd.DataFrame(
+        {"drug": one}, index=[f"c1_{i}" for i in range(200)]))
+    s2 = _plate(tmp_path / "c2.h5ad", X, genes, pd.DataFrame(
+        {"drug": two}, index=[f"c2_{i}" for i in range(200)]))
+    ds = scdask.open([s1, s2])
+    assert list(ds.drug.dtype.categories) == ["ctrl", "b", "a", "z"]
+    assert isinstance(ds.drug.data, pd.Categorical) and ds.drug.data.codes.dtype == np.int8
+    want = np.concatenate([np.asarray(one, object), np.asarray(two, object)])
+    got = np.asarray(ds.drug.values, object)
+    assert (pd.isna(got) == pd.isna(want)).all()
+    assert (got[~pd.isna(want)] == want[~pd.isna(want)]).all()
+    for sel in (slice(150, 260, 7), slice(None, None, -5), np.array([399, 3, 3, 250])):
+        picked = ds.isel(cell=sel).drug.values
+        assert [str(v) for v in picked] == [str(v) for v in want[sel]]
+    Xd = sp.vstack([X, X]).toarray().astype(np.float64)
+    a = want == "a"
+    close(ds.where(ds.drug == "a", drop=True).X.sum("cell").values, Xd[a].sum(0))
+    pb = scdask.pseudobulk(ds, "drug")
+    assert list(pb.drug.values) == ["ctrl", "b", "a", "z"]  # categories' order, as anndata
+    close(pb["sum"].sel(group=2).values, Xd[a].sum(0))
+    assert scdask.open(s1).drug.dtype == one.dtype  # one store: its dtype exactly
+
+
+def test_a_value_outside_the_recorded_categories_is_damage(tmp_path):
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    X = sp.random(100, 5, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    s = _plate(tmp_path / "d.h5ad", X, [f"g{i}" for i in range(5)])
+    path = f"{s}/obs.parquet"
+    pf = pq.ParquetFile(path)
+    table = pf.read()
+    meta = dict(table.schema.metadata)
+    meta[b"scdask_categoricals"] = meta[b"scdask_categoricals"].replace(b'"B", ', b"")
+    pq.write_table(table.replace_schema_metadata(meta), path,
+                   row_group_size=pf.metadata.row_group(0).num_rows)
+    try:
+        ds = scdask.open(s)
+    except FormatError as e:  # a store that checks its obs file's bytes: refused at open
+        assert "obs.parquet" in str(e)
+        return
+    with pytest.raises(FormatError, match=r"obs\.parquet: row group \d+ of column 'drug' "
+                                          r"holds B, not one of the categories"):
+        ds.drug.load()
+
+
+def test_where_reads_the_condition_only_and_isel_the_row_groups_it_needs(
+        tiny_store, ref, monkeypatch):
+    """``where(..., drop=True)`` reads the condition's column once (xarray's checks that
+    the coordinates agree compare one object, unread); a selection of cells reads only
+    the row groups holding them."""
+    import scdask.backend.cells as cells
+
+    a, X = ref
+    reads: list[tuple[Any, ...]] = []
+    real = cells.read_obs_chunk
+    monkeypatch.setattr(cells, "read_obs_chunk",
+                        lambda st, g, col, dt: reads.append((g, col)) or real(st, g, col, dt))
+    ds = scdask.open(tiny_store)
+    m = a.obs["drug"].astype(str).values == "DMSO_TF"
+    kept = ds.where(ds.drug == "DMSO_TF", drop=True)
+    assert {c for _, c in reads} == {"drug"}
+    n_groups = -(-a.n_obs // 1024)
+    assert len(reads) == n_groups
+    close(kept.X.mean("cell").values, X[m].mean(0))
+    reads.clear()
+    picked = np.array([5, 7, 2100])  # row groups 0 and 2
+    assert list(ds.isel(cell=picked).cell_line.values) == list(
+        a.obs.cell_line.astype(str).values[picked])
+    assert sorted(reads) == [(0, "cell_line"), (2, "cell_line")]

@@ -278,5 +278,7 @@ def test_analysis_on_a_cluster_of_processes(lognorm, ds):
         got = run()
     pd.testing.assert_frame_equal(got[0], want[0])
     pd.testing.assert_frame_equal(got[1], want[1])
-    np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
+    # the covariance adds float32 tiles in BLAS, whose order of addition follows its
+    # threads (a worker process has one): equal to float32's rounding, not to the bit
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-7)
     np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-6)

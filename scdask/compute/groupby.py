@@ -24,7 +24,7 @@ import xarray as xr
 from scdask.compute import labels
 from scdask.compute.array import ScdaskArray
 from scdask.compute.blocks import Spec, block_fill
-from scdask.compute.matrix import as_matrix
+from scdask.compute.matrix import as_matrix, obs_column
 from scdask.compute.proxy import wrap
 
 STATISTICS = ("sum", "mean", "count_nonzero", "var")
@@ -81,7 +81,7 @@ def pseudobulk(
     m = as_matrix(data, var, caller="pseudobulk")
     x, gene_dim = m.data, m.gene_dim
     by = [by] if isinstance(by, str) else list(by)
-    frame = pd.DataFrame({c: np.asarray(x[c].values) for c in by})
+    frame = pd.DataFrame({c: obs_column(x, c) for c in by})
     grouped = frame.groupby(by, observed=True, sort=True, dropna=True)
     codes = grouped.ngroup().to_numpy().astype(np.int64)
     keys = grouped.size()

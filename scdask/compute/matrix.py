@@ -162,3 +162,26 @@ def as_matrix(data: Any, var: str = "X", *, caller: str) -> Matrix:
                     "isel(cell=np.sort(positions)))")
         raise TypeError(f"{caller} needs a cell × gene matrix opened with scdask.open{hint}")
     return Matrix(x, arr._base, arr)
+
+
+def obs_column(data: Any, name: str) -> Any:
+    """An obs column of a selection, as read for grouping: a categorical column as pandas'
+    ``Categorical`` (its codes: one byte a cell, where its strings would take eight, and
+    the categories no selected cell has left out, as anndata's subsets leave them), any
+    other as a numpy array.
+
+    Parameters
+    ----------
+    data
+        A Dataset or DataArray from :func:`scdask.open` (or a selection of it).
+    name
+        The obs column (a coordinate along ``cell``).
+    """
+    import pandas as pd
+
+    v = data[name]
+    if isinstance(v.dtype, pd.CategoricalDtype):
+        values = v.data
+        if isinstance(values, pd.Categorical):
+            return values.remove_unused_categories()
+    return np.asarray(v.values)

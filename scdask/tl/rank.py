@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from scdask.compute import Matrix, as_matrix, grouped
+from scdask.compute import Matrix, as_matrix, grouped, obs_column
 from scdask.tl import wilcoxon
 
 #: Threads that compute the tests' scores, p-values and orders.
@@ -166,7 +166,7 @@ def rank_genes_groups(
                          "'bonferroni'}.")
     m = _matrix(ds, layer, use_raw)
     x = m.data
-    order, codes = _groups(np.asarray(ds[groupby].values), groups, reference, groupby)
+    order, codes = _groups(obs_column(ds, groupby), groups, reference, groupby)
     n_groups = len(order)
     ref = -1 if reference == "rest" else order.index(reference)
     strata: list[Any] = [None]
@@ -175,7 +175,7 @@ def rank_genes_groups(
         if ref < 0:
             raise NotImplementedError("within= tests each group against the reference group "
                                       "of the same stratum: give reference=")
-        cat = pd.Categorical(np.asarray(ds[within].values))
+        cat = pd.Categorical(obs_column(ds, within))
         strata, scode = list(cat.categories), np.asarray(cat.codes, np.int64)
     n_s = len(strata)
     # label of a cell: (its group, or n_groups for no tested group) × its stratum
