@@ -129,6 +129,11 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     >>> ds = scdask.open("plate7.zarr")  # doctest: +SKIP
     >>> ds.X.sel(gene="C1orf112").mean().compute()  # doctest: +SKIP
     """
+    return _open(paths, join, storage_options, categorical=True)
+
+
+def _open(paths: Any, join: str, storage_options: dict[str, Any] | None, *,
+          categorical: bool) -> xr.Dataset:
     urls = _expand(paths)
     stores = list(concurrently(lambda u: Store(u, storage_options), urls))
     names = set(stores[0].matrices)
@@ -160,7 +165,7 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     for name, (dims, arr) in data_vars.items():  # xarray's chunks={} / "auto" keep the blocks
         data_vars[name] = xr.Variable(dims, arr, encoding={"preferred_chunks": dict(
             zip(dims, arr.chunks, strict=True))})
-    obs = obs_coords(stores)
+    obs = obs_coords(stores, categorical=categorical)
     for name in [k for k in obs if k in extra]:  # one namespace: a var column named like an
         extra[f"var_{name}"] = extra.pop(name)    # obs column is var_<name> (obs keeps its own)
     extra.update(obs)
@@ -182,7 +187,8 @@ class ScdaskBackendEntrypoint(BackendEntrypoint):
 
     def open_dataset(self, filename_or_obj: Any, *, drop_variables: Any = None,
                      join: str = "exact", storage_options: dict[str, Any] | None = None) -> xr.Dataset:
-        ds = open(filename_or_obj, join=join, storage_options=storage_options)
+        # xarray cannot chunk a categorical (chunks={}, open_mfdataset): obs as objects
+        ds = _open(filename_or_obj, join, storage_options, categorical=False)
         if drop_variables:
             ds = ds.drop_vars(drop_variables)
         return ds

@@ -324,7 +324,10 @@ def lazy_cells(stores: Sequence[Store], fn: Any, args: tuple[Any, ...], dtype: A
     return SharedLazy(CellColumn(stores, fn, args, dtype))
 
 
-def obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
+def obs_coords(stores: Sequence[Store], *, categorical: bool = True) -> dict[str, Any]:
+    """The obs columns of ``stores`` as lazy coordinates along ``cell`` (``obs_names``: the
+    index); categorical ones as pandas' Categorical, or with ``categorical=False`` as
+    their values (objects)."""
     from scdask.store.metadata import frame_footer
 
     footers = [frame_footer(st.loc, OBS_FILE) for st in stores]
@@ -336,7 +339,7 @@ def obs_coords(stores: Sequence[Store]) -> dict[str, Any]:
     categoricals = [json.loads((f.metadata or {}).get(b"scdask_categoricals", b"{}"))
                     for f in footers]
     for col in names:
-        dtype: Any = _categories(col, categoricals)
+        dtype: Any = _categories(col, categoricals) if categorical else None
         if dtype is None:
             dtype = numpy_dtype(empty[col].dtype)
             if dtype.kind in "biu" and col in nulls:

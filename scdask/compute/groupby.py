@@ -83,9 +83,9 @@ def pseudobulk(
     by = [by] if isinstance(by, str) else list(by)
     frame = pd.DataFrame({c: obs_column(x, c) for c in by})
     grouped = frame.groupby(by, observed=True, sort=True, dropna=True)
-    codes = grouped.ngroup().to_numpy().astype(np.int64)
     keys = grouped.size()
     n_labels = len(keys)
+    codes = labels.narrow(grouped.ngroup().to_numpy(), n_labels)
     arr = m.array
     if any(isinstance(o, da.Array) for o in arr._cell_ops):
         # lazy per-cell operands (X.sum("gene")): computed once, for the group sizes below

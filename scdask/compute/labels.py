@@ -244,6 +244,14 @@ def _identity(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return x
 
 
+def narrow(codes: np.ndarray, n_labels: int) -> np.ndarray:
+    """Labels (-1: none) in the smallest signed integer type that holds them: the client
+    holds one per selected cell (a byte for up to 127 labels, not eight)."""
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                 if n_labels <= np.iinfo(t).max)
+    return np.asarray(codes).astype(dtype, copy=False)
+
+
 def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bool = False,
                minmax: bool = True) -> da.Array:
     """The dense accumulators of a lazy matrix's cells by label: ``(7, labels, genes)``,
@@ -257,7 +265,7 @@ def accumulate(inp: Inputs, codes: np.ndarray, n_labels: int, *, drop_masked: bo
     if many:  # a task's statistics as large as its entries: several row groups to a task
         inp = inp.batched(int(np.ceil(BATCH_CELLS_PER_LABEL * n_labels / per_group)))
     args = inp.args(block, "i", "g")
-    args[4:4] = [da.from_array(np.asarray(codes, np.int64), chunks=(inp.counts,)), "i"]
+    args[4:4] = [da.from_array(narrow(codes, n_labels), chunks=(inp.counts,)), "i"]
     split = SPLIT_EVERY["many" if many else "few cells per label"]
     pairs = da.blockwise(label_block, "ig", *args, adjust_chunks={"i": 1}, align_arrays=False,
                          concatenate=True, dtype=np.float64, meta=np.empty((0, 0)),

@@ -83,7 +83,7 @@ def _fuse(arrays: Any, axis: int = 0, out: Any = None, **kw: Any) -> Any:
     token = tokenize(parent)
     if any(a._pending[0] is not parent and tokenize(a._pending[0]) != token for a in arrays):
         return None  # reductions of different matrices
-    codes = np.full(parent.shape[0], -1, np.int64)
+    codes = labels.narrow(np.full(parent.shape[0], -1, np.int8), len(arrays))
     for k, a in enumerate(arrays):
         cells = a._pending[1]
         if (codes[cells] != -1).any() or len(np.unique(cells)) != len(cells):
