@@ -7,6 +7,7 @@ import warnings
 
 import dask
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -141,3 +142,43 @@ def test_pseudobulk_and_groupby_agree(ds):
     np.testing.assert_array_equal(pb.drug.values, by.mean().drug.values)
     close(pb["mean"].values, by.mean().values)
     close(pb["var"].values, by.var(ddof=1).values)
+
+
+@pytest.mark.parametrize("slices", [1 << 22, 7])
+@pytest.mark.parametrize("dense", [True, False])
+def test_group_codes_are_pandas_groupby(monkeypatch, slices, dense):
+    """pseudobulk's groups from codes (categoricals as their codes, a slice of cells at a
+    time) are pandas' ``groupby(sort=True, observed=True, dropna=True)``: same groups, same
+    order, same cells."""
+    from scdask.compute import groupby as gb
+
+    monkeypatch.setattr(gb, "COUNT_CELLS", slices)
+    monkeypatch.setattr(gb, "DENSE_COMBINATIONS", 1 << 26 if dense else 0)
+    rng = np.random.default_rng(5)
+    n = 101
+    cat = pd.Categorical(rng.choice(["z", "a", "m", None], n), categories=["z", "m", "a", "u"])
+    num = np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 4, n).astype(float))
+    word = rng.choice(["x", "w"], n).astype(object)
+    frame = pd.DataFrame({"cat": cat, "num": num, "word": word})
+    for by in (["cat"], ["num"], ["cat", "num", "word"], ["word", "cat"]):
+        codes, index = gb._group_codes([c if isinstance(c := frame[k].array, pd.Categorical)
+                                        else frame[k].to_numpy() for k in by], by)
+        grouped = frame.groupby(by, observed=True, sort=True, dropna=True)
+        assert codes.dtype == np.int8
+        np.testing.assert_array_equal(codes, grouped.ngroup().fillna(-1).to_numpy())
+        want = grouped.size().index.to_frame(index=False)
+        for k in by:
+            assert list(index[k]) == list(want[k]), (by, k)
+
+
+@pytest.mark.parametrize("step", [1 << 22, 3])
+def test_unused_categories_dropped_as_pandas_drops_them(step):
+    from scdask.compute.matrix import _without_unused
+
+    rng = np.random.default_rng(6)
+    for cats, values in ((list("dcba"), rng.choice(["a", "c", None], 50)),
+                         (list("ab"), rng.choice(["a", "b"], 9)), (list("ab"), [])):
+        c = pd.Categorical(values, categories=cats, ordered=bool(len(values) % 2))
+        got, want = _without_unused(c, step), c.remove_unused_categories()
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.codes, want.codes)

@@ -81,11 +81,8 @@ def pseudobulk(
     m = as_matrix(data, var, caller="pseudobulk")
     x, gene_dim = m.data, m.gene_dim
     by = [by] if isinstance(by, str) else list(by)
-    frame = pd.DataFrame({c: obs_column(x, c) for c in by})
-    grouped = frame.groupby(by, observed=True, sort=True, dropna=True)
-    keys = grouped.size()
-    n_labels = len(keys)
-    codes = labels.narrow(grouped.ngroup().to_numpy(), n_labels)
+    codes, index = _group_codes([obs_column(x, c) for c in by], by)
+    n_labels = len(index)
     arr = m.array
     if any(isinstance(o, da.Array) for o in arr._cell_ops):
         # lazy per-cell operands (X.sum("gene")): computed once, for the group sizes below
@@ -108,7 +105,57 @@ def pseudobulk(
          "var": (dims, wrap(stat("var", ddof=ddof)))},
         coords={gene_dim: x[gene_dim].values, "n_cells": ("group", n_cells)},
     )
-    index = keys.index.to_frame(index=False)
     for c in by:
         out = out.assign_coords({c: ("group", index[c].to_numpy())})
     return out
+
+
+#: Cells counted at once while grouping (bounds numpy's temporaries).
+COUNT_CELLS = 1 << 22
+#: Key combinations counted in an array; more are counted in a dict of those that occur.
+DENSE_COMBINATIONS = 1 << 26
+
+
+def _group_codes(columns: list[Any], by: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each cell's group (-1: a key is missing) among the key combinations that occur,
+    ordered as pandas' ``groupby(sort=True, observed=True)`` orders them (categories in
+    their order, other values sorted), and those combinations. A categorical key is used
+    as its codes, so the client holds about a byte a cell, not pandas' eight."""
+    parts = []
+    for col in columns:
+        if isinstance(col, pd.Categorical):
+            parts.append((np.asarray(col.codes), col.categories))
+        else:
+            c, uniques = pd.factorize(col, sort=True)
+            parts.append((c, pd.Index(uniques)))
+    sizes = [len(u) for _, u in parts]
+    n = len(parts[0][0])
+    total = int(np.prod(sizes, dtype=np.float64))
+    if total >= 2**62:
+        raise ValueError(f"pseudobulk: {total:.3g} combinations of {by} cannot be counted")
+
+    def combination(a: int) -> np.ndarray:  # the key combination of cells a:a + COUNT_CELLS
+        mixed = np.zeros(min(n, a + COUNT_CELLS) - a, np.int64)
+        for (c, _), size in zip(parts, sizes, strict=True):
+            piece = np.asarray(c[a : a + len(mixed)], np.int64)
+            mixed = np.where((mixed < 0) | (piece < 0), -1, mixed * size + piece)
+        return mixed
+
+    counts: dict[int, int] | np.ndarray = (
+        {} if total > DENSE_COMBINATIONS else np.zeros(total, np.int64))
+    for a in range(0, n, COUNT_CELLS):  # a slice at a time: numpy's temporaries stay small
+        present = (mixed := combination(a))[mixed >= 0]
+        if isinstance(counts, np.ndarray):
+            counts += np.bincount(present, minlength=total)
+        else:
+            for k, v in zip(*np.unique(present, return_counts=True), strict=True):
+                counts[int(k)] = counts.get(int(k), 0) + int(v)
+    seen = (np.flatnonzero(counts) if isinstance(counts, np.ndarray)
+            else np.array(sorted(counts), np.int64))
+    codes = labels.narrow(np.empty(n, np.int8), len(seen))
+    for a in range(0, n, COUNT_CELLS):
+        mixed = combination(a)
+        codes[a : a + len(mixed)] = np.where(mixed >= 0, np.searchsorted(seen, mixed), -1)
+    index = pd.DataFrame({name: uniques[pos] for name, (_, uniques), pos in zip(
+        by, parts, np.unravel_index(seen, sizes) if sizes else (), strict=True)})
+    return codes, index

@@ -183,5 +183,26 @@ def obs_column(data: Any, name: str) -> Any:
     if isinstance(v.dtype, pd.CategoricalDtype):
         values = v.data
         if isinstance(values, pd.Categorical):
-            return values.remove_unused_categories()
+            return _without_unused(values)
     return np.asarray(v.values)
+
+
+def _without_unused(values: Any, step: int = 1 << 22) -> Any:
+    """pandas' ``remove_unused_categories``, a slice of codes at a time (pandas' own sorts
+    every code: 25 bytes a cell)."""
+    import pandas as pd
+
+    codes, n = values.codes, len(values.categories)
+    seen = np.zeros(n + 1, np.int64)
+    for a in range(0, len(codes), step):
+        seen += np.bincount(codes[a : a + step].astype(np.int64) + 1, minlength=n + 1)
+    used = np.flatnonzero(seen[1:])
+    if len(used) == n:
+        return values
+    lut = np.full(n + 1, -1, codes.dtype)
+    lut[used + 1] = np.arange(len(used))
+    new = np.empty_like(codes)
+    for a in range(0, len(codes), step):
+        new[a : a + step] = lut[codes[a : a + step].astype(np.int64) + 1]
+    return pd.Categorical.from_codes(new, dtype=pd.CategoricalDtype(
+        values.categories[used], ordered=values.ordered))
