@@ -282,3 +282,16 @@ def test_analysis_on_a_cluster_of_processes(lognorm, ds):
     # threads (a worker process has one): equal to float32's rounding, not to the bit
     np.testing.assert_allclose(got[2], want[2], rtol=1e-7)
     np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("step", [1 << 22, 3])
+def test_labels_of_groups_and_strata(step):
+    from scdask.tl.rank import _labels
+
+    rng = np.random.default_rng(8)
+    codes, strata = rng.integers(-1, 4, 50), rng.integers(-1, 3, 50)
+    labels, n_cells = _labels(codes.astype(np.int8), strata.astype(np.int16), 4, 3, step)
+    want = np.where(strata < 0, -1, np.where(codes < 0, 4, codes) * 3 + strata)
+    assert labels.dtype == np.int8
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_array_equal(n_cells, np.bincount(want[want >= 0], minlength=15))

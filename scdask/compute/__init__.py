@@ -24,11 +24,11 @@ from __future__ import annotations
 from scdask.compute.array import ScdaskArray
 from scdask.compute.expr import Expr
 from scdask.compute.kernels import count_cells, scatter_rows
-from scdask.compute.labels import grouped
+from scdask.compute.labels import grouped, narrow
 from scdask.compute.matrix import Matrix, as_matrix, obs_column
 from scdask.compute.proxy import wrap
 from scdask.compute.reading import read_gene_runs
 from scdask.compute.selection import Base, GroupSel, Part
 
 __all__ = ["Base", "Expr", "GroupSel", "Matrix", "Part", "ScdaskArray", "as_matrix", "obs_column",
-           "count_cells", "grouped", "read_gene_runs", "scatter_rows", "wrap"]
+           "count_cells", "grouped", "narrow", "read_gene_runs", "scatter_rows", "wrap"]

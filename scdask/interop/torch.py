@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from scdask.compute import Expr, GroupSel, as_matrix, count_cells, read_gene_runs, scatter_rows
+from scdask.compute import (
+    Expr,
+    GroupSel,
+    as_matrix,
+    count_cells,
+    obs_column,
+    read_gene_runs,
+    scatter_rows,
+)
 
 try:
     from torch.utils.data import IterableDataset as _Base
@@ -97,6 +105,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         var: str = "X",
         threads: int | None = None,
     ) -> None:
+        import pandas as pd
         import xarray as xr
 
         from scdask.backend import open as open_dataset
@@ -107,9 +116,13 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         if where:
             keep = np.ones(ds.sizes["cell"], dtype=bool)
             for col, value in where.items():
-                values = np.asarray(ds[col].values).astype(str)
-                accepted = [value] if np.ndim(value) == 0 else list(value)
-                keep &= np.isin(values, [str(v) for v in accepted])
+                accepted = [str(v) for v in ([value] if np.ndim(value) == 0 else value)]
+                values = obs_column(ds, col)
+                if isinstance(values, pd.Categorical):  # its categories, not every cell's
+                    hit = np.isin(np.asarray(values.categories).astype(str), accepted)
+                    keep &= (values.codes >= 0) & hit[np.maximum(values.codes, 0)]
+                else:
+                    keep &= np.isin(np.asarray(values).astype(str), accepted)
             ds = ds.isel(cell=np.flatnonzero(keep))
         m = as_matrix(ds, var, caller="CellDataset")
         x = m.data

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from scdask.compute import as_matrix, grouped
+from scdask.compute import as_matrix, grouped, narrow, obs_column
 
 
 def _x(ds: xr.Dataset, layer: str | None) -> xr.DataArray:
@@ -141,9 +141,18 @@ def _seurat_v3(ds: xr.Dataset, layer: str | None, n_top_genes: int, batch_key: s
         names: list[Any] = [0]
         codes = np.zeros(n, np.int64)
     else:  # scanpy iterates np.unique of the column's values
-        values = np.asarray(ds[batch_key].values)
-        names = list(np.unique(values))
-        codes = np.searchsorted(np.asarray(names, dtype=values.dtype), values).astype(np.int64)
+        values = obs_column(ds, batch_key)
+        if isinstance(values, pd.Categorical) and (values.codes >= 0).all():
+            cats = np.asarray(values.categories)  # as codes: np.unique's order of categories
+            order = np.argsort(cats, kind="stable")
+            names = list(cats[order])
+            rank = narrow(np.empty(len(cats), np.int64), len(cats))
+            rank[order] = np.arange(len(cats))
+            codes = rank[values.codes]
+        else:
+            values = np.asarray(values)
+            names = list(np.unique(values))
+            codes = np.searchsorted(np.asarray(names, dtype=values.dtype), values)
     n_b = np.bincount(codes, minlength=len(names)).astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

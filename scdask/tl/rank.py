@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from scdask.compute import Matrix, as_matrix, grouped, obs_column
+from scdask.compute import Matrix, as_matrix, grouped, narrow, obs_column
 from scdask.tl import wilcoxon
 
 #: Threads that compute the tests' scores, p-values and orders.
@@ -59,14 +59,30 @@ def _groups(values: np.ndarray, groups: Sequence[Any] | Literal["all"], referenc
     if missing:
         raise ValueError(f"groups {missing} do not occur in {groupby!r}")
     where = {c: i for i, c in enumerate(order)}
-    lut = np.array([where.get(c, -1) for c in cats] + [-1], dtype=np.int64)
-    codes = lut[np.asarray(cat.codes, np.int64)]  # NaN's code -1 picks the last: -1
+    lut = narrow(np.array([where.get(c, -1) for c in cats] + [-1]), len(order))
+    codes = lut[cat.codes]  # NaN's code -1 picks the last: -1 (a byte a cell, for 127 groups)
     sizes = np.bincount(codes[codes >= 0], minlength=len(order))
     small = [g for g, n in zip(order, sizes, strict=True) if n < 2]
     if small:
         raise ValueError(f"Could not calculate statistics for groups {', '.join(map(str, small))}"
                          " since they only contain one sample.")
     return order, codes
+
+
+def _labels(codes: np.ndarray, strata: np.ndarray, n_groups: int, n_s: int,
+            step: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's label, (its group, or ``n_groups`` for no tested group) × its stratum
+    (-1: no stratum), in the smallest integer type, and the cells of each label; a slice of
+    cells at a time, so numpy's temporaries stay small."""
+    n_labels = (n_groups + 1) * n_s
+    labels = narrow(np.empty(len(codes), np.int8), n_labels)
+    n_cells = np.zeros(n_labels)
+    for a in range(0, len(codes), step):
+        c, s = (np.asarray(v[a : a + step], np.int64) for v in (codes, strata))
+        lab = np.where(s < 0, -1, np.where(c < 0, n_groups, c) * n_s + s)
+        labels[a : a + step] = lab
+        n_cells += np.bincount(lab[lab >= 0], minlength=n_labels)
+    return labels, n_cells
 
 
 def _expm1(m: Matrix) -> Any:
@@ -170,18 +186,16 @@ def rank_genes_groups(
     n_groups = len(order)
     ref = -1 if reference == "rest" else order.index(reference)
     strata: list[Any] = [None]
-    scode = np.zeros(len(codes), np.int64)
+    scode = np.zeros(len(codes), np.int8)
     if within is not None:
         if ref < 0:
             raise NotImplementedError("within= tests each group against the reference group "
                                       "of the same stratum: give reference=")
         cat = pd.Categorical(obs_column(ds, within))
-        strata, scode = list(cat.categories), np.asarray(cat.codes, np.int64)
+        strata, scode = list(cat.categories), cat.codes
     n_s = len(strata)
-    # label of a cell: (its group, or n_groups for no tested group) × its stratum
-    labels = np.where(scode < 0, -1, np.where(codes < 0, n_groups, codes) * n_s + scode)
     n_labels = (n_groups + 1) * n_s
-    n_cells = np.bincount(labels[labels >= 0], minlength=n_labels).astype(np.float64)
+    labels, n_cells = _labels(codes, scode, n_groups, n_s)
     ref_of = np.full(n_labels, -1, np.int64)  # the label each label is tested against
     if ref >= 0:
         for g in range(n_groups):
