@@ -433,19 +433,23 @@ print(json.dumps({{"answers": [float(count), float(mx), float(mean)],
 
 
 def test_categorical_obs_columns_are_codes(tmp_path):
-    """A categorical obs column is pandas' Categorical (a byte a cell): the categories as
-    recorded, several stores' in order of first appearance, values as anndata's."""
+    """A categorical obs column of strings is pandas' Categorical (a byte a cell): the
+    categories as recorded, several stores' differing ones sorted (as anndata.concat),
+    values as anndata's; numbers and booleans stay numpy values (arithmetic, masks)."""
     rng = np.random.default_rng(1)
     X = sp.random(200, 10, density=0.3, format="csr", dtype=np.float32, random_state=rng)
     genes = [f"g{i}" for i in range(10)]
     one = pd.Categorical(rng.choice(["ctrl", "b", "a"], 200), categories=["ctrl", "b", "a"])
     two = pd.Categorical(rng.choice(["z", "a", None], 200), categories=["z", "a"])
+    flag = pd.Categorical(rng.random(200) < 0.5)
     s1 = _plate(tmp_path / "c1.h5ad", X, genes, pd.DataFrame(
-        {"drug": one}, index=[f"c1_{i}" for i in range(200)]))
+        {"drug": one, "flag": flag}, index=[f"c1_{i}" for i in range(200)]))
     s2 = _plate(tmp_path / "c2.h5ad", X, genes, pd.DataFrame(
-        {"drug": two}, index=[f"c2_{i}" for i in range(200)]))
+        {"drug": two, "flag": flag}, index=[f"c2_{i}" for i in range(200)]))
     ds = scdask.open([s1, s2])
-    assert list(ds.drug.dtype.categories) == ["ctrl", "b", "a", "z"]
+    assert list(ds.drug.dtype.categories) == ["a", "b", "ctrl", "z"]
+    assert ds.where(ds.flag, drop=True).sizes["cell"] == 2 * int(np.asarray(flag, bool).sum())  # a mask
+    assert scdask.open(s1, categorical=False).drug.dtype == object
     assert isinstance(ds.drug.data, pd.Categorical) and ds.drug.data.codes.dtype == np.int8
     want = np.concatenate([np.asarray(one, object), np.asarray(two, object)])
     got = np.asarray(ds.drug.values, object)
@@ -458,8 +462,9 @@ def test_categorical_obs_columns_are_codes(tmp_path):
     a = want == "a"
     close(ds.where(ds.drug == "a", drop=True).X.sum("cell").values, Xd[a].sum(0))
     pb = scdask.pseudobulk(ds, "drug")
-    assert list(pb.drug.values) == ["ctrl", "b", "a", "z"]  # categories' order, as anndata
-    close(pb["sum"].sel(group=2).values, Xd[a].sum(0))
+    assert list(pb.drug.values) == ["a", "b", "ctrl", "z"]  # categories' order, as anndata
+    close(pb["sum"].sel(group=0).values, Xd[a].sum(0))
+    assert list(scdask.pseudobulk(scdask.open(s1), "drug").drug.values) == ["ctrl", "b", "a"]
     assert scdask.open(s1).drug.dtype == one.dtype  # one store: its dtype exactly
 
 

@@ -106,6 +106,7 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     *,
     join: str = "exact",
     storage_options: dict[str, Any] | None = None,
+    categorical: bool = True,
 ) -> xr.Dataset:
     """Open scdask stores as one lazy xarray Dataset, cells concatenated in order.
 
@@ -118,6 +119,10 @@ def open(  # noqa: A001 - the name users expect: scdask.open
         they are aligned by name). ``"inner"``: keep the genes all stores share.
     storage_options
         fsspec options for remote stores.
+    categorical
+        obs columns stored as categoricals of strings are pandas Categoricals (their codes:
+        a byte a cell for up to 127 categories), as anndata's obs holds them. ``False``:
+        numpy objects (strings), which xarray's ``.str``, ``chunk()`` and writers need.
 
     Returns
     -------
@@ -129,7 +134,7 @@ def open(  # noqa: A001 - the name users expect: scdask.open
     >>> ds = scdask.open("plate7.zarr")  # doctest: +SKIP
     >>> ds.X.sel(gene="C1orf112").mean().compute()  # doctest: +SKIP
     """
-    return _open(paths, join, storage_options, categorical=True)
+    return _open(paths, join, storage_options, categorical=categorical)
 
 
 def _open(paths: Any, join: str, storage_options: dict[str, Any] | None, *,

@@ -350,23 +350,21 @@ def obs_coords(stores: Sequence[Store], *, categorical: bool = True) -> dict[str
 
 
 def _categories(col: str, recorded: list[dict[str, Any]]) -> pd.CategoricalDtype | None:
-    """The dtype of an obs column every store records as categorical: the stores'
-    categories in order of first appearance (ordered only if every store's are the same
-    and ordered), or ``None`` (read as values) when a store does not record them or their
-    types differ."""
+    """The dtype of an obs column every store records as a categorical of strings: one
+    store's categories in their order (several stores' alike), else their union sorted, as
+    ``anndata.concat`` makes it (ordered only if every store's are the same and ordered).
+    ``None`` (read as values, as numpy) when a store does not record them, or for numbers
+    and booleans, which numpy's arithmetic and masks need as values."""
     if not all(col in r for r in recorded):
         return None
-    kinds = {r[col]["dtype"] for r in recorded}
-    if len(kinds) != 1:
+    if any(r[col]["dtype"] != "object" or not all(isinstance(c, str) for c in r[col]["categories"])
+           for r in recorded):
         return None
-    (kind,) = kinds
-    seen: dict[Any, None] = {}
-    for r in recorded:
-        seen.update(dict.fromkeys(r[col]["categories"]))
-    same = all(r[col]["categories"] == recorded[0][col]["categories"] for r in recorded)
+    first = recorded[0][col]["categories"]
+    same = all(r[col]["categories"] == first for r in recorded)
+    cats = first if same else sorted({c for r in recorded for c in r[col]["categories"]})
     ordered = same and all(r[col]["ordered"] for r in recorded)
-    cats = pd.Index(list(seen), dtype=object if kind == "object" else kind)
-    return pd.CategoricalDtype(cats, ordered=ordered)
+    return pd.CategoricalDtype(pd.Index(cats, dtype=object), ordered=ordered)
 
 
 def _columns_with_nulls(meta: Any) -> set[str]:

@@ -120,7 +120,7 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
                 values = obs_column(ds, col)
                 if isinstance(values, pd.Categorical):  # its categories, not every cell's
                     hit = np.isin(np.asarray(values.categories).astype(str), accepted)
-                    keep &= (values.codes >= 0) & hit[np.maximum(values.codes, 0)]
+                    keep &= (values.codes >= 0) & np.append(hit, False)[values.codes]
                 else:
                     keep &= np.isin(np.asarray(values).astype(str), accepted)
             ds = ds.isel(cell=np.flatnonzero(keep))
