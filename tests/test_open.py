@@ -515,3 +515,20 @@ def test_where_reads_the_condition_only_and_isel_the_row_groups_it_needs(
     assert list(ds.isel(cell=picked).cell_line.values) == list(
         a.obs.cell_line.astype(str).values[picked])
     assert sorted(reads) == [(0, "cell_line"), (2, "cell_line")]
+
+
+def test_an_obs_column_of_other_types_in_each_store_is_objects(tmp_path):
+    """A column of booleans in one store and strings in another is read as objects: no
+    store's values cast to the other's type (strings would become True by truthiness)."""
+    X = sp.random(6, 4, density=0.5, format="csr", dtype=np.float32,
+                  random_state=np.random.default_rng(3))
+    genes = [f"g{i}" for i in range(4)]
+    s1 = _plate(tmp_path / "t1.h5ad", X[:3], genes, pd.DataFrame(
+        {"flag": pd.Categorical([True, False, True]), "n": [1, 2, 3]},
+        index=[f"t1_{i}" for i in range(3)]))
+    s2 = _plate(tmp_path / "t2.h5ad", X[3:], genes, pd.DataFrame(
+        {"flag": pd.Categorical(["no", "", "yes"]), "n": [0.5, 1.5, 2.5]},
+        index=[f"t2_{i}" for i in range(3)]))
+    ds = scdask.open([s1, s2])
+    assert list(ds.flag.values) == [True, False, True, "no", "", "yes"]
+    assert ds.n.dtype == np.float64 and list(ds.n.values) == [1, 2, 3, 0.5, 1.5, 2.5]

@@ -333,7 +333,7 @@ def obs_coords(stores: Sequence[Store], *, categorical: bool = True) -> dict[str
     footers = [frame_footer(st.loc, OBS_FILE) for st in stores]
     schemas = [f.schema.to_arrow_schema() for f in footers]
     names = [n for n in schemas[0].names if all(n in s.names for s in schemas[1:])]
-    empty = schemas[0].empty_table().to_pandas()
+    empties = [sch.empty_table().to_pandas() for sch in schemas]
     coords: dict[str, Any] = {}
     nulls = {c for f in footers for c in _columns_with_nulls(f)}
     categoricals = [json.loads((f.metadata or {}).get(b"scdask_categoricals", b"{}"))
@@ -341,12 +341,20 @@ def obs_coords(stores: Sequence[Store], *, categorical: bool = True) -> dict[str
     for col in names:
         dtype: Any = _categories(col, categoricals) if categorical else None
         if dtype is None:
-            dtype = numpy_dtype(empty[col].dtype)
+            dtype = _common({numpy_dtype(e[col].dtype) for e in empties})
             if dtype.kind in "biu" and col in nulls:
                 dtype = np.dtype(np.float64)  # integers with missing values: NaN where missing
         target = "obs_names" if col == INDEX_COLUMN else col
         coords[target] = ("cell", lazy_cells(stores, read_obs_chunk, (col, dtype), dtype))
     return coords
+
+
+def _common(dtypes: set[np.dtype]) -> np.dtype:
+    """One dtype for a column the stores hold as ``dtypes``: theirs if they agree, float64
+    for numbers, else objects (never one store's values cast to another's type)."""
+    if len(dtypes) == 1:
+        return next(iter(dtypes))
+    return np.dtype(np.float64 if all(d.kind in "iuf" for d in dtypes) else object)
 
 
 def _categories(col: str, recorded: list[dict[str, Any]]) -> pd.CategoricalDtype | None:
