@@ -58,12 +58,12 @@ class ShardError(ValueError):
     """A shard or one of its inner chunks is damaged; the message says which part."""
 
 
-def inner_chunk_size(chunk_size: int) -> int:
+def inner_chunk_size(chunk_size: int, most: int = INNER_CHUNK) -> int:
     """The inner chunk of a shard of ``chunk_size`` entries: the largest power of two that
-    divides the shard and is at most :data:`INNER_CHUNK` and a sixteenth of the shard
+    divides the shard and is at most ``most`` and a sixteenth of the shard
     (65,536 for the default shards of 1M entries; small shards, as in tests, still hold
     several inner chunks), or the whole shard when that would be under 64 entries."""
-    cap = min(INNER_CHUNK, max(1, chunk_size // 16))
+    cap = min(most, max(1, chunk_size // 16))
     size = 1 << (cap.bit_length() - 1)
     while chunk_size % size:
         size //= 2

@@ -23,7 +23,9 @@ import numpy as np
 
 from scdask.format.shards import MISSING, ChunkCodec, ShardCodec, ShardError, check_extent
 from scdask.store.integrity import TABLE, ChunkError, decode_table
+from scdask.store.location import PathOutsideError
 
+_NO_FOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 #: Zarr chunks read per slice in earlier formats (bounds the bytes held at once).
 SPAN_CHUNKS = 4
 #: A shard whose wanted inner chunks are more than this is read whole, in one read.
@@ -32,9 +34,10 @@ WHOLE_SHARD = 4
 _INDEX_CACHE_SIZE = 1 << 16
 _INDEX_CACHE: OrderedDict[tuple[Any, ...], list[tuple[int, int]]] = OrderedDict()
 _LOCK = threading.Lock()
-#: Decoded chunks kept per process (:meth:`Chunks.cached`): at most 96 MB of colptr chunks.
-_CHUNK_CACHE_SIZE = 192
+#: Bytes of decoded chunks kept per process (:meth:`Chunks.cached`), colptr's mostly.
+_CHUNK_CACHE_BYTES = 96 << 20
 _CHUNK_CACHE: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+_CHUNK_CACHE_NBYTES = 0
 
 
 class ChunkFiles:
@@ -53,6 +56,7 @@ class ChunkFiles:
     def __init__(self, store: Any, path: str) -> None:
         self.store = store
         self.path = path
+        self._cache_key = (store.url, store.attrs.get("uuid"), path)  # of the process caches
         self._table: np.ndarray | None = None
         self._dirs: set[str] = set()
         self.meta = self._metadata()
@@ -123,8 +127,6 @@ class ChunkFiles:
 
     def _open(self, key: str) -> int:
         """A descriptor of local chunk file ``key``, refusing links that leave the store."""
-        from scdask.store.location import PathOutsideError
-
         loc = self.store.loc
         folder = key.rsplit("/", 1)[0]
         try:
@@ -132,7 +134,7 @@ class ChunkFiles:
                 loc.check_inside(folder)
                 self._dirs.add(folder)
             try:
-                return os.open(loc.path(key), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                return os.open(loc.path(key), _NO_FOLLOW)
             except OSError as e:
                 if e.errno != errno.ELOOP:
                     raise
@@ -170,20 +172,27 @@ class Chunks(ChunkFiles):
                       else None)
 
     def cached(self, coords: tuple[int, ...]) -> np.ndarray:
-        """:meth:`chunk`, through a per-process cache of the most recently used chunks (the
-        tasks of one query read rows of the same ``colptr`` chunks of 64 row groups × 1,024
-        genes: each is decoded once per process, not once per row group)."""
-        k = (self.store.url, self.store.attrs.get("uuid"), self.path, coords)
+        """:meth:`chunk` without what lies past the array's edge, through a per-process
+        cache of the most recently used chunks (the tasks of one query read rows of the
+        same ``colptr`` chunks of 64 row groups × 1,024 genes: each is decoded once per
+        process, not once per row group; a store of 13 row groups keeps 13 rows of each,
+        so one gene's chunks of 500 such stores stay cached between queries)."""
+        global _CHUNK_CACHE_NBYTES
+        k = (self._cache_key, coords)
         with _LOCK:
             hit = _CHUNK_CACHE.get(k)
             if hit is not None:
                 _CHUNK_CACHE.move_to_end(k)
                 return hit
         block = self.chunk(coords)
+        block = block[tuple(slice(0, min(n, s - c * n)) for c, n, s
+                            in zip(coords, self.chunk_shape, self.shape, strict=True))].copy()
         with _LOCK:
-            _CHUNK_CACHE[k] = block
-            while len(_CHUNK_CACHE) > _CHUNK_CACHE_SIZE:
-                _CHUNK_CACHE.popitem(last=False)
+            if k not in _CHUNK_CACHE:
+                _CHUNK_CACHE[k] = block
+                _CHUNK_CACHE_NBYTES += block.nbytes
+            while _CHUNK_CACHE_NBYTES > _CHUNK_CACHE_BYTES and len(_CHUNK_CACHE) > 1:
+                _CHUNK_CACHE_NBYTES -= _CHUNK_CACHE.popitem(last=False)[1].nbytes
         return block
 
     def chunk(self, coords: tuple[int, ...]) -> np.ndarray:
@@ -287,7 +296,7 @@ class Entries(ChunkFiles):
         assert codec is not None
         key = f"{self.path}/c/{group}/{shard}"
         what = f"{self.store.url}: {self.path}: chunk {group}/{shard}"
-        ck = (self.store.url, self.store.attrs.get("uuid"), key)
+        ck = (self._cache_key, group, shard)
         if len(inner) > WHOLE_SHARD:
             raw = memoryview(self._read(key, None))
             n = min(len(raw), codec.index_nbytes)
@@ -295,7 +304,8 @@ class Entries(ChunkFiles):
             spans = [self._span(index, k, what) for k in inner]
             got = [raw[off : off + m] for off, m in spans]
         else:
-            with self._file(key) as f:
+            f = _File(self, key)
+            try:
                 with _LOCK:
                     index = _INDEX_CACHE.get(ck)
                 if index is None:
@@ -304,6 +314,8 @@ class Entries(ChunkFiles):
                     index = self._index(ck, group, shard, f.read(size - n, n), size, what)
                 spans = [self._span(index, k, what) for k in inner]
                 got = [f.read(off, m) for off, m in spans]
+            finally:
+                f.close()
         base = shard * codec.n_inner
         for k, piece in zip(inner, got, strict=True):
             try:

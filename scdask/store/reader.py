@@ -66,6 +66,7 @@ class Store:
         self.loc = Location(os.fspath(url), storage_options)
         self.url = self.loc.url
         self.storage_options = storage_options
+        self._root_json = self.loc.path("zarr.json")
         if not self.loc.exists():
             raise FileNotFoundError(f"{self.url}: does not exist")
         if not self.loc.exists("zarr.json"):
@@ -137,7 +138,7 @@ class Store:
         sig = None
         if self.loc.is_local:  # unchanged since last checked: the same file, not rewritten
             try:
-                st = os.stat(self.loc.path("zarr.json"))
+                st = os.stat(self._root_json)
                 sig = (st.st_ino, st.st_mtime_ns, st.st_size)
             except OSError:
                 sig = None
@@ -287,19 +288,23 @@ class Store:
             out[m] = row[cols[m] - c * cc]
         return out
 
-    def _colptr_at(self, name: str, group: int, col: int) -> int:
-        """``colptr[group, col]``, through the chunk cache of :meth:`colptr_row`."""
+    def _colptr_pair(self, name: str, group: int, col: int) -> tuple[int, int]:
+        """``colptr[group, col:col + 2]``, through the chunk cache of :meth:`colptr_row`."""
         chunks = self.chunks(f"{name}/{COLPTR}")
         rc, cc = chunks.chunk_shape
-        r, c = group // rc, col // cc
-        return int(chunks.cached((r, c))[group - r * rc, col - c * cc])
+        r, c = divmod(group, rc)
+        k, i = divmod(col, cc)
+        row = chunks.cached((r, k))[c]
+        if i + 1 < cc:
+            return int(row[i]), int(row[i + 1])
+        return int(row[i]), int(chunks.cached((r, k + 1))[c, 0])
 
     def _read_gene(self, name: str, group: int, j: int, with_indices: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`read_genes` of one gene, in plain integers (a row group's Python costs
         count when one gene is read over thousands of row groups)."""
         data = self.entries(name, DATA)
-        lo, hi = self._colptr_at(name, group, j), self._colptr_at(name, group, j + 1)
+        lo, hi = self._colptr_pair(name, group, j)
         if not 0 <= lo <= hi <= data.width:
             self._check_ranges(name, group, np.array([lo]), np.array([hi]))
         n = hi - lo
