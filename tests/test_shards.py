@@ -70,6 +70,41 @@ def test_inner_chunk_sizes():
     assert inner_chunk_size(100_000) == 100_000  # no power of two of 64 or more divides it
 
 
+def test_inner_chunk_cap():
+    assert inner_chunk_size(1 << 20, 1 << 15) == 32768
+    assert inner_chunk_size(4096, 1 << 15) == 256  # still a sixteenth of a small shard
+
+
+@pytest.mark.parametrize("codecs", [
+    {},  # the defaults: values in lz4hc, indices in zstd, inner chunks apart
+    {"value_cname": "zstd", "cname": "lz4", "value_chunk": 64, "index_chunk": 128},
+])
+def test_each_array_gets_its_codec_and_inner_chunk(tmp_path, tiny_plate, codecs):
+    """Each of ``data`` and ``indices`` is written with its own Blosc codec and inner chunk
+    (recorded in its ``zarr.json``), and every read (scdask's, Zarr's) gives the plate."""
+    import anndata
+
+    from scdask.format import Codecs
+
+    want = Codecs(**codecs)
+    dst = tmp_path / "plate.zarr"
+    scdask.convert(tiny_plate, dst, row_group_size=1024, chunk_size=4096, workers=0,
+                   codecs=want)
+    for leaf, cname, most in (("data", want.value_cname, want.value_chunk),
+                              ("indices", want.cname, want.index_chunk)):
+        meta = zarr.open_array(str(dst / "X" / leaf)).metadata.to_dict()
+        shard = meta["codecs"][0]["configuration"]
+        assert shard["chunk_shape"][1] == inner_chunk_size(4096, most)
+        assert [c for c in shard["codecs"] if c["name"] == "blosc"][0]["configuration"][
+            "cname"] == cname
+    ds = scdask.open(dst)
+    X = anndata.read_h5ad(tiny_plate).X
+    np.testing.assert_allclose(ds.X.sum("cell").values, np.asarray(X.sum(0)).ravel(), rtol=1e-6)
+    j = 17
+    np.testing.assert_array_equal(ds.X.isel(gene=j).values, X[:, j].toarray().ravel())
+    assert verify(str(dst), against=tiny_plate).ok
+
+
 @pytest.fixture
 def store(tmp_path, tiny_store):
     dst = tmp_path / "plate.zarr"

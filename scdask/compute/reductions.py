@@ -101,6 +101,9 @@ def _joined(runs: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray,
     if len(runs) == 1:
         return runs[0]
     vals = np.concatenate([r[2] for r in runs])
+    if all(len(r[0]) == 1 and r[0][0] == 0 and r[1][0] == len(r[2]) for r in runs):
+        # one gene, each group's values all of its run: joined as read
+        return np.zeros(1, np.int64), np.array([len(vals)], np.int64), vals
     offsets = np.cumsum([0] + [len(r[2]) for r in runs[:-1]])
     s = np.stack([r[0] for r in runs]) + offsets[:, None]
     lengths = np.stack([r[1] - r[0] for r in runs])

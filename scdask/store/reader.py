@@ -317,7 +317,7 @@ class Store:
             rows = self.entries(name, INDICES).range(group, lo, hi)
             start, stop = self.group_rows(group)
             self._check_cells(name, group, rows, stop - start)
-        if not vals.all():
+        if np.count_nonzero(vals) != len(vals):
             self._zero_values(name, group)
         return starts, ends, vals, rows
 
@@ -382,7 +382,7 @@ class Store:
         if with_indices:
             start, stop = self.group_rows(group)
             self._check_cells(name, group, rows, stop - start)
-        if not vals.all():  # stored values are never 0: a 0 is a chunk zarr could not find
+        if np.count_nonzero(vals) != len(vals):  # stored values are never 0: a 0 is a chunk zarr could not find
             self._zero_values(name, group)
         return starts, ends, vals, rows
 
