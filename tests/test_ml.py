@@ -87,6 +87,27 @@ def test_gene_subset_filter_normalise_dense(tiny_store, ref, threads):
     assert sorted(np.concatenate(seen).tolist()) == keep.tolist()
 
 
+@pytest.mark.parametrize("missing", [np.nan, None])
+def test_filter_selects_missing_categorical_values(tiny_store, ref, missing):
+    """``where={col: NaN}`` selects the cells whose categorical value is missing (as it does
+    in a column of objects), beside the categories asked for."""
+    import pandas as pd
+
+    import scdask
+
+    a, X = ref
+    phase = a.obs["phase"].astype(str).to_numpy().astype(object)
+    phase[::5] = None
+    ds = scdask.open(tiny_store).assign_coords(grp=("cell", pd.Categorical(phase)))
+    keep = np.flatnonzero(pd.isna(phase) | (phase == "S"))
+    loader = CellDataset(ds, where={"grp": [missing, "S"]}, batch_size=256)
+    seen = np.sort(np.concatenate([b["cell"].numpy() for b in loader]))
+    np.testing.assert_array_equal(seen, np.arange(len(keep)))
+    assert loader.base.n_sel_cells == len(keep)
+    for batch in loader:
+        np.testing.assert_array_equal(_rows(batch), X[keep[batch["cell"].numpy()]])
+
+
 def test_expressions_stream_as_computed(tiny_store, ref):
     """scdask.pp's expressions (any per-cell / per-gene operands) stream through the loader,
     equal to scanpy's arithmetic in numpy; one whose zeros become non-zero is refused,

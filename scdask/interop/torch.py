@@ -45,6 +45,10 @@ def _torch() -> Any:
     return torch
 
 
+#: The strings of missing values (``str`` of NaN, None, ``pd.NA``, ``NaT``).
+_MISSING = frozenset({"nan", "None", "<NA>", "NaT"})
+
+
 class CellDataset(_Base):  # type: ignore[misc,valid-type]
     """An iterable of batches of cells from scdask stores, for ``torch.utils.data.DataLoader``.
 
@@ -61,7 +65,8 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
         obs columns to yield with each batch, as tensors.
     where
         Keep only the cells whose obs columns equal these values, e.g.
-        ``{"pass_filter": "full"}`` (a value or a list of accepted values).
+        ``{"pass_filter": "full"}`` (a value or a list of accepted values; NaN or None
+        accepts the cells whose value is missing).
     shuffle, seed, buffer_groups
         Block shuffling: row groups in random order, cells shuffled within a buffer of
         ``buffer_groups`` groups (default: as many as make about 16,384 cells); reproducible
@@ -120,7 +125,10 @@ class CellDataset(_Base):  # type: ignore[misc,valid-type]
                 values = obs_column(ds, col)
                 if isinstance(values, pd.Categorical):  # its categories, not every cell's
                     hit = np.isin(np.asarray(values.categories).astype(str), accepted)
-                    keep &= (values.codes >= 0) & np.append(hit, False)[values.codes]
+                    # code -1 (missing) takes the last: selected by NaN, None or pd.NA, as
+                    # a column of objects is (its missing values as strings)
+                    missing = bool(_MISSING.intersection(accepted))
+                    keep &= np.append(hit, missing)[values.codes]
                 else:
                     keep &= np.isin(np.asarray(values).astype(str), accepted)
             ds = ds.isel(cell=np.flatnonzero(keep))

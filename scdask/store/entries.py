@@ -70,7 +70,7 @@ class ChunkFiles:
 
         loc = self.store.loc
         try:
-            meta = json.loads(loc.fs.cat_file(loc.check_inside(f"{self.path}/zarr.json")))
+            meta = json.loads(loc.read(f"{self.path}/zarr.json") or b"")
         except FileNotFoundError:
             raise FormatError(f"{self.store.url}: array {self.path} is missing") from None
         except ValueError as e:
@@ -96,7 +96,7 @@ class ChunkFiles:
         if self._table is None:
             loc = self.store.loc
             rel = f"{self.path}/{TABLE}"
-            raw = loc.fs.cat_file(loc.check_inside(rel)) if loc.exists(rel) else None
+            raw = loc.read(rel, missing_ok=True)
             self._table = decode_table(self.store.url, self.path, raw)
         return self._table
 
