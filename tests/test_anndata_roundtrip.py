@@ -169,20 +169,38 @@ def h5py_file(path):
     return h5py.File(path, "a")
 
 
-def test_several_plates_unite_categories(tmp_path):
+@pytest.mark.parametrize("cats,ordered", [
+    ([["a", "b"], ["b", "c"]], False),
+    ([["c10", "c2"], ["c2", "c3"]], False),  # natural order: c2, c3, c10
+    ([["b", "a"], ["b", "a"]], False),  # alike: kept
+    ([["a"], ["b", "a"]], False),  # the first has not all: natural order
+    ([["b", "a"], ["a"]], False),  # the first has all: its order
+    ([["b", "a"], ["b", "a"]], True),  # alike and ordered: kept
+    ([["b", "a"], ["a", "b"]], True),  # ordered, unlike: anndata gives objects
+])
+def test_several_plates_unite_categories(tmp_path, cats, ordered):
+    """Several stores' categoricals come out as ``anndata.concat`` unites them, from
+    ``to_anndata`` and as the Dataset's coordinate."""
     paths = []
-    for i, cats in enumerate([["a", "b"], ["b", "c"]]):
+    for i, c in enumerate(cats):
         X = sp.random(50, 10, density=0.3, format="csr", random_state=i, dtype=np.float32)
-        obs = pd.DataFrame({"drug": pd.Categorical([cats[k % 2] for k in range(50)])},
-                           index=[f"p{i}c{k}" for k in range(50)])
+        drug = pd.Categorical([c[k % len(c)] for k in range(50)], categories=c, ordered=ordered)
+        obs = pd.DataFrame({"drug": drug}, index=[f"p{i}c{k}" for k in range(50)])
         anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(10)])
                         ).write_h5ad(tmp_path / f"{i}.h5ad")
         scdask.convert(tmp_path / f"{i}.h5ad", tmp_path / f"{i}.zarr", workers=0)
         paths.append(tmp_path / f"{i}.zarr")
-    got = scdask.to_anndata(scdask.open(paths))
+    ds = scdask.open(paths)
+    got = scdask.to_anndata(ds)
     want = anndata.concat([anndata.read_h5ad(tmp_path / f"{i}.h5ad") for i in range(2)])
-    assert list(got.obs["drug"].cat.categories) == ["a", "b", "c"]
-    np.testing.assert_array_equal(got.obs["drug"].astype(str), want.obs["drug"].astype(str))
+    assert got.obs["drug"].dtype == want.obs["drug"].dtype
+    if isinstance(want.obs["drug"].dtype, pd.CategoricalDtype):
+        assert ds.drug.dtype == want.obs["drug"].dtype
+        assert list(ds.drug.data.categories) == list(want.obs["drug"].cat.categories)
+    else:
+        assert ds.drug.dtype == object
+    pd.testing.assert_series_equal(got.obs["drug"], want.obs["drug"])
+    np.testing.assert_array_equal(ds.drug.values.astype(str), want.obs["drug"].astype(str))
     np.testing.assert_array_equal(got.X.toarray(), want.X.toarray())
 
 

@@ -434,7 +434,7 @@ print(json.dumps({{"answers": [float(count), float(mx), float(mean)],
 
 def test_categorical_obs_columns_are_codes(tmp_path):
     """A categorical obs column of strings is pandas' Categorical (a byte a cell): the
-    categories as recorded, several stores' differing ones sorted (as anndata.concat),
+    categories as recorded, several stores' united as anndata.concat unites them,
     values as anndata's; numbers and booleans stay numpy values (arithmetic, masks)."""
     rng = np.random.default_rng(1)
     X = sp.random(200, 10, density=0.3, format="csr", dtype=np.float32, random_state=rng)

@@ -10,6 +10,7 @@ selections (``where(..., drop=True)`` makes them) as the same without reading th
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import weakref
@@ -359,20 +360,40 @@ def _common(dtypes: set[np.dtype]) -> np.dtype:
 
 def _categories(col: str, recorded: list[dict[str, Any]]) -> pd.CategoricalDtype | None:
     """The dtype of an obs column every store records as a categorical of strings: one
-    store's categories in their order (several stores' alike), else their union sorted, as
-    ``anndata.concat`` makes it (ordered only if every store's are the same and ordered).
-    ``None`` (read as values, as numpy) when a store does not record them, or for numbers
-    and booleans, which numpy's arithmetic and masks need as values."""
+    store's categories, several stores' as ``anndata.concat`` unites them
+    (:func:`union_categories`). ``None`` (read as values, as numpy) when a store does not
+    record them, for numbers and booleans, which numpy's arithmetic and masks need as
+    values, and for ordered categories that differ between stores."""
     if not all(col in r for r in recorded):
         return None
     if any(r[col]["dtype"] != "object" or not all(isinstance(c, str) for c in r[col]["categories"])
            for r in recorded):
         return None
-    first = recorded[0][col]["categories"]
-    same = all(r[col]["categories"] == first for r in recorded)
-    cats = first if same else sorted({c for r in recorded for c in r[col]["categories"]})
-    ordered = same and all(r[col]["ordered"] for r in recorded)
-    return pd.CategoricalDtype(pd.Index(cats, dtype=object), ordered=ordered)
+    return union_categories([pd.CategoricalDtype(pd.Index(r[col]["categories"], dtype=object),
+                                                 ordered=bool(r[col]["ordered"]))
+                             for r in recorded])
+
+
+def union_categories(dtypes: list[pd.CategoricalDtype]) -> pd.CategoricalDtype | None:
+    """The categorical dtype ``anndata.concat`` gives a column of several AnnData objects
+    (its ``try_unifying_dtype``, then pandas' ``astype`` and ``concat``): one's own; none
+    ordered: the first's categories when they are all of them, else the union in natural
+    order (``natsort``), unordered; all ordered and alike: theirs; else ``None`` (the
+    values as objects)."""
+    if len(dtypes) == 1:
+        return dtypes[0]
+    cats = functools.reduce(lambda a, b: a.union(b), (d.categories for d in dtypes))
+    if not any(d.ordered for d in dtypes):
+        if len(dtypes[0].categories) == len(cats):  # pandas keeps a dtype equal to the target
+            return dtypes[0]
+        from natsort import natsorted
+
+        return pd.CategoricalDtype(pd.Index(natsorted(cats), dtype=object), ordered=False)
+    some = [d for d in dtypes if len(d.categories)]
+    if some and all(len(d.categories) == len(cats) and d.ordered
+                    and bool(np.all(cats == d.categories)) for d in some):
+        return some[0]
+    return None
 
 
 def _columns_with_nulls(meta: Any) -> set[str]:

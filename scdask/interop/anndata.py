@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from scdask.backend.cells import union_categories
 from scdask.compute import Base, Matrix, as_matrix
 
 
@@ -164,16 +165,15 @@ def _obs(base: Base) -> pd.DataFrame:
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Frames one after another, categoricals kept (their categories united, in order)."""
+    """Frames one after another, categoricals united as ``anndata.concat`` unites them."""
     if len(frames) == 1:
         return frames[0]
     out = pd.concat(frames)
     for col in frames[0].columns:
         dtypes = [f[col].dtype for f in frames]
         if all(isinstance(d, pd.CategoricalDtype) for d in dtypes):
-            cats = pd.Index(dict.fromkeys(c for d in dtypes for c in d.categories))
-            out[col] = pd.Categorical(out[col], categories=cats,
-                                      ordered=all(d.ordered for d in dtypes))
+            dtype = union_categories(dtypes)
+            out[col] = out[col].astype(object if dtype is None else dtype)
     return out
 
 
