@@ -160,6 +160,21 @@ def test_empty_selections_answer_like_numpy(ds, ref, tmp_path):
         CellDataset(ds, where={"drug": "no such drug"})
 
 
+@pytest.mark.parametrize("empty", [slice(5, 5, -1), slice(3, 5, -1), slice(2, 2)])
+def test_empty_slices_of_any_step(ds, ref, empty):
+    """An empty slice of negative step selects nothing, as numpy's does, on cells and genes,
+    for X, the obs columns and the per-gene statistics (xarray's own decomposition of such
+    a slice fails)."""
+    a, _ = ref
+    assert ds.isel(cell=empty).sizes["cell"] == 0 and ds.isel(gene=empty).sizes["gene"] == 0
+    assert ds.drug.isel(cell=empty).values.shape == (0,)
+    assert ds.gene_sum.isel(gene=empty).values.shape == (0,)
+    assert ds.X.isel(cell=empty).sum().values == 0 and ds.X.isel(gene=empty).sum().values == 0
+    back = slice(9, 2, -3)  # and a non-empty one, reversed, still right
+    assert list(ds.drug.isel(cell=back).values) == list(a.obs["drug"].astype(str)[back])
+    close(ds.gene_sum.isel(gene=back).values, np.asarray(a.X[:, back].sum(0)).ravel())
+
+
 def test_cells_by_name_and_gene_masks(ds, ref):
     a, X = ref
     name = str(a.obs_names[7])

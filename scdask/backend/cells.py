@@ -31,7 +31,7 @@ from xarray.core.indexing import (
     explicit_indexing_adapter,
 )
 
-from scdask.backend.genes import concurrently
+from scdask.backend.genes import concurrently, forward_empty
 from scdask.format import INDEX_COLUMN, OBS_FILE, FormatError
 from scdask.store.reader import Store
 
@@ -220,7 +220,8 @@ class CellColumn(BackendArray):
         return self
 
     def __getitem__(self, key: Any) -> Any:
-        return explicit_indexing_adapter(key, self.shape, IndexingSupport.OUTER, self._read)
+        return explicit_indexing_adapter(forward_empty(key, self.shape), self.shape,
+                                         IndexingSupport.OUTER, self._read)
 
     def _read(self, key: tuple[Any, ...]) -> Any:
         (k,) = key

@@ -40,6 +40,14 @@ def concurrently(fn: Any, items: Sequence[Any], window: int = 16) -> Iterable[An
                 pending.append(pool.submit(fn, items[i + window]))
 
 
+def forward_empty(key: Any, shape: tuple[int, ...]) -> Any:
+    """xarray's indexer ``key`` with each slice that selects nothing made ``slice(0, 0)``:
+    xarray's decomposition of an empty slice of negative step fails (``range(...)[-1]``)."""
+    parts = tuple(slice(0, 0) if isinstance(k, slice) and not len(range(*k.indices(n))) else k
+                  for k, n in zip(key.tuple, shape, strict=False))
+    return key if parts == key.tuple else type(key)(parts)
+
+
 def _var_bytes(st: Store, name: str) -> bytes:
     """The bytes of matrix ``name``'s gene table."""
     rel = st.matrix(name)["var"]
@@ -160,7 +168,8 @@ class GeneStat(BackendArray):
         self.dtype = np.dtype(np.int64 if stat == "nnz" else np.float64)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return explicit_indexing_adapter(key, self.shape, IndexingSupport.BASIC,
+        return explicit_indexing_adapter(forward_empty(key, self.shape), self.shape,
+                                         IndexingSupport.BASIC,
                                          lambda k: self.merged.get(self.stat, k[0]))
 
 
