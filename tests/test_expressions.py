@@ -175,6 +175,33 @@ def test_empty_slices_of_any_step(ds, ref, empty):
     close(ds.gene_sum.isel(gene=back).values, np.asarray(a.X[:, back].sum(0)).ravel())
 
 
+@pytest.mark.parametrize("pick", ["reversed", "stepped back", "positions", "names"])
+def test_cells_out_of_order_keep_the_fast_path(ds, ref, pick):
+    """Distinct cells out of the store's order (a reversed slice, positions or names in
+    another order) give their values and reductions from the fast path, in their order."""
+    from scdask.compute.order import CellOrder
+
+    a, X = ref
+    rows = {"reversed": slice(None, None, -1), "stepped back": slice(2900, 100, -7),
+            "positions": [2500, 5, 1999, 7, 0]}.get(pick, [9, 4, 1000])
+    sub = ds.sel(cell=list(a.obs_names[rows])) if pick == "names" else ds.isel(cell=rows)
+    x, Y = sub.X, X[rows]
+    assert isinstance(x.data, CellOrder)
+    assert list(sub.cell.values) == list(a.obs_names[rows])
+    close(x.values, Y)
+    for op in ("sum", "mean", "var", "std", "min", "max"):
+        for dim, axis in (("cell", 0), ("gene", 1)):
+            close(getattr(x, op)(dim).values, getattr(Y, op)(axis), rtol=1e-6)
+        close(float(getattr(x, op)()), getattr(Y, op)(), rtol=1e-6)
+    close((x != 0).sum("gene").values, (Y != 0).sum(1))
+    close(np.log1p(x * 2).mean("gene").values, np.log1p(Y * 2).mean(1), rtol=1e-6)
+    gene = str(a.var_names[3])
+    one = x.sel(gene=gene)
+    assert isinstance(one.data, CellOrder)
+    close(one.values, Y[:, 3])
+    close(x.isel(cell=[2, 0]).values, Y[[2, 0]])  # a selection of it, in its order
+
+
 def test_cells_by_name_and_gene_masks(ds, ref):
     a, X = ref
     name = str(a.obs_names[7])

@@ -32,6 +32,7 @@ from dask.utils import format_bytes, parse_bytes
 from scdask.compute.blocks import Spec, csr_block, view_block
 from scdask.compute.expr import UFUNCS, Expr, const, ufunc
 from scdask.compute.operands import compose
+from scdask.compute.order import CellOrder
 from scdask.compute.pending import FUSED, CellReduction
 from scdask.compute.proxy import DaskProxy, unwrap, wrap
 from scdask.compute.reductions import (
@@ -41,7 +42,7 @@ from scdask.compute.reductions import (
     gene_reduction,
     out_dtype,
 )
-from scdask.compute.selection import Base, normalize_axes, select
+from scdask.compute.selection import Base, cells_in_order, normalize_axes, select
 
 #: Genes per block of the generic view (sparse blocks; dense blocks take a sixteenth).
 GENE_CHUNK = 4096
@@ -288,10 +289,12 @@ class ScdaskArray(DaskProxy):
         out = self._select(key)
         return super().__getitem__(key) if out is None else out
 
-    def _select(self, key: Any) -> ScdaskArray | None:
+    def _select(self, key: Any) -> Any:
         picked = select(self._base, key, self.ndim)
         if picked is None:
-            return None
+            reorder = cells_in_order(self._base, key, self.ndim)
+            inner = None if reorder is None else self._select(reorder[0])
+            return None if inner is None else CellOrder(inner, reorder[1])
         base, cells, genes = picked
         if base is self._base:
             return self

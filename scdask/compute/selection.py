@@ -179,6 +179,27 @@ def positions(k: Any, size: int) -> tuple[np.ndarray, bool] | None:
     return None
 
 
+def cells_in_order(b: Base, key: Any, ndim: int) -> tuple[tuple[Any, ...], np.ndarray] | None:
+    """For a key picking distinct cells out of their order (a reversed slice, names in
+    another order): the same key with those cells in increasing order, and each picked
+    cell's place among them (the selection is ``sorted[inverse]`` along the cells);
+    ``None`` for any other key (repeated cells among them)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if (not b.dims or b.dims[0] != "cell" or len(key) > ndim
+            or any(k is None or k is Ellipsis for k in key)):
+        return None
+    key = key + (slice(None),) * (ndim - len(key))
+    pos = positions(key[0], b.n_sel_cells)
+    if pos is None or pos[1] or len(pos[0]) < 2:
+        return None
+    order = np.argsort(pos[0], kind="stable")
+    ranked = pos[0][order]
+    if not np.all(np.diff(ranked) > 0):  # repeats
+        return None
+    return (ranked, *key[1:]), np.argsort(order)
+
+
 def select(b: Base, key: Any, ndim: int
            ) -> tuple[Base, np.ndarray | None, np.ndarray | None] | None:
     """The base a numpy-style ``key`` selects, and the positions it picked along the
