@@ -32,7 +32,6 @@ from dask.utils import format_bytes, parse_bytes
 from scdask.compute.blocks import Spec, csr_block, view_block
 from scdask.compute.expr import UFUNCS, Expr, const, ufunc
 from scdask.compute.operands import compose
-from scdask.compute.order import CellOrder
 from scdask.compute.pending import FUSED, CellReduction
 from scdask.compute.proxy import DaskProxy, unwrap, wrap
 from scdask.compute.reductions import (
@@ -292,6 +291,8 @@ class ScdaskArray(DaskProxy):
     def _select(self, key: Any) -> Any:
         picked = select(self._base, key, self.ndim)
         if picked is None:
+            from scdask.compute.order import CellOrder  # built on this module
+
             reorder = cells_in_order(self._base, key, self.ndim)
             inner = None if reorder is None else self._select(reorder[0])
             return None if inner is None else CellOrder(inner, reorder[1])

@@ -17,14 +17,10 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from scdask.compute.array import ScdaskArray, _scalar, _take
 from scdask.compute.proxy import DaskProxy, unwrap, wrap
 from scdask.compute.reductions import REDUCTIONS
 from scdask.compute.selection import normalize_axes, positions
-
-
-def _scalar(x: Any) -> bool:
-    return isinstance(x, int | float | complex | np.generic) or (
-        isinstance(x, np.ndarray) and x.ndim == 0)
 
 
 def _rows(block: Any, order: np.ndarray) -> Any:
@@ -38,7 +34,7 @@ class CellOrder(DaskProxy):
     from the fast path (a reduction over cells does not depend on their order; per-cell
     results are reordered); anything else is the generic view, reordered."""
 
-    def __init__(self, inner: Any, inverse: np.ndarray) -> None:
+    def __init__(self, inner: ScdaskArray, inverse: np.ndarray) -> None:
         self.__dict__.update(_inner=inner, _inverse=np.asarray(inverse, np.int64))
 
     def _ready(self) -> bool:
@@ -83,8 +79,6 @@ class CellOrder(DaskProxy):
     def _reordered(self, out: Any) -> Any:
         """A result of the inner selection as this one's: a lazy matrix of the same cells in
         the same order, or anything that has no cells (a dtype); ``NotImplemented`` else."""
-        from scdask.compute.array import ScdaskArray
-
         if isinstance(out, ScdaskArray) and out.shape == self.shape:
             return CellOrder(out, self._inverse)
         if isinstance(out, np.dtype | type) or _scalar(out):
@@ -130,9 +124,7 @@ class CellOrder(DaskProxy):
         """A reduction of the cells in increasing order, its per-cell values put in place."""
         if 0 in normalize_axes(axis, self.ndim) or (keepdims and not np.ndim(out)):
             return out
-        from scdask.compute.array import _take  # reordered without Dask's take
-
-        return wrap(_take(unwrap(out), self._inverse))
+        return wrap(_take(unwrap(out), self._inverse))  # reordered without Dask's take
 
     def _method(self, op: str, axis: Any = None, keepdims: bool = False, **kw: Any) -> Any:
         return self._placed(getattr(self._inner, op)(axis=axis, keepdims=keepdims, **kw),

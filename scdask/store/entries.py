@@ -70,7 +70,7 @@ class ChunkFiles:
 
         loc = self.store.loc
         try:
-            meta = json.loads(loc.read(f"{self.path}/zarr.json") or b"")
+            meta = json.loads(loc.read(f"{self.path}/zarr.json"))  # type: ignore[arg-type]
         except FileNotFoundError:
             raise FormatError(f"{self.store.url}: array {self.path} is missing") from None
         except ValueError as e:
